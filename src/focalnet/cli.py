@@ -1,0 +1,136 @@
+"""The `focalnet` command line: one sub-command per job, each in its own small function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from importlib import resources
+from typing import Any, TypeVar
+
+import torch
+
+from . import __version__
+from .configuration import FocalNetConfig
+from .presets import PRESETS, list_presets
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """A tqdm progress bar on stderr when tqdm is installed (the `cli` extra); plain iteration otherwise."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield from items
+        return
+    yield from tqdm(items, desc=description, total=total, file=sys.stderr, leave=False)
+
+
+def demo_image_path() -> str:
+    """The photograph bundled with the package (a cat; see assets/NOTICE.md)."""
+    return str(resources.files("focalnet") / "assets" / "chelsea.jpg")
+
+
+# ------------------------------------------------------------------------------------------------
+# focalnet presets
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .stats import model_stats
+
+    names = args.names or list_presets()
+    for name in names:
+        if name not in PRESETS:
+            raise SystemExit(f"error: unknown preset {name!r}; choose from: {', '.join(PRESETS)}")
+    rows = []
+    for name in progress(names, "counting", total=len(names)):
+        stats = model_stats(FocalNetConfig.from_preset(name))
+        rows.append(
+            {
+                "name": name,
+                "params": stats.params,
+                "params_without_head": stats.params_without_head,
+                "gmacs": round(stats.macs / 1e9, 3),
+                "image_size": stats.image_size[0],
+                "num_labels": stats.logits_shape[-1],
+                "feature_shapes": [list(shape) for shape in stats.feature_shapes],
+                "description": PRESETS[name].description,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = f"{'preset':<25} {'params':>13} {'no head':>13} {'GMACs':>7} {'px':>4} {'labels':>6}"
+    header += "  stage outputs (C x H x W)"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        shapes = "  ".join("x".join(str(v) for v in shape) for shape in row["feature_shapes"])
+        print(
+            f"{row['name']:<25} {row['params']:>13,} {row['params_without_head']:>13,} {row['gmacs']:>7.2f} "
+            f"{row['image_size']:>4} {row['num_labels']:>6}  {shapes}"
+        )
+    print("\nGMACs: multiply-adds of one image at the preset's native resolution (torch.utils.flop_counter).")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# focalnet demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .image_processing import FocalNetImageProcessor
+    from .modeling import FocalNetForImageClassification
+
+    config = FocalNetConfig.from_preset(args.preset)
+    torch.manual_seed(args.seed)
+    model = FocalNetForImageClassification(config).eval()
+    image_path = args.image or demo_image_path()
+    processor = FocalNetImageProcessor(crop_size=config.image_size_2d[0])
+    pixel_values = processor(image_path)["pixel_values"]
+    print(f"model   {args.preset}: {model.num_parameters():,} parameters (random weights, seed {args.seed})")
+    print(f"image   {image_path} -> pixel_values {tuple(pixel_values.shape)}")
+    with torch.inference_mode():
+        model(pixel_values)  # warm-up
+        start = time.perf_counter()
+        out = model(pixel_values, output_hidden_states=True, output_modulators=True)
+        elapsed = time.perf_counter() - start
+    print(f"forward {elapsed * 1000:.1f} ms on {torch.get_num_threads()} CPU threads")
+    steps = ["stem"] + [f"stage{i} (+ downsample)" for i in range(1, config.num_stages)] + [f"stage{config.num_stages}"]
+    for step, hidden in zip(steps, out.reshaped_hidden_states, strict=True):
+        print(f"  after {step:<22} {tuple(hidden.shape)}")
+    print(f"logits  {tuple(out.logits.shape)}; top-5 classes {out.logits.topk(5).indices[0].tolist()} (untrained)")
+    strength = [m.abs().mean().item() for m in out.modulators]
+    print(f"modulators: {len(strength)} blocks, mean |modulator| per block " + " ".join(f"{s:.3f}" for s in strength))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="focalnet", description="Focal Modulation Networks for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"focalnet {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    presets = commands.add_parser("presets", help="list the official variants: size, cost, output shapes")
+    presets.add_argument("names", nargs="*", help="presets to show (default: all)")
+    presets.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    presets.set_defaults(handler=cmd_presets)
+
+    demo = commands.add_parser("demo", help="run a model on the bundled photograph and show what comes out")
+    demo.add_argument("--preset", default="focalnet-tiny", choices=list_presets(), metavar="NAME")
+    demo.add_argument("--image", help="image file (default: the bundled photograph)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args: Any = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

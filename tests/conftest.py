@@ -1,0 +1,53 @@
+"""Shared helpers: tiny configs, the oracles, and weights that make every branch matter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import focalnet
+
+ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@torch.no_grad()
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter non-trivial values, so a wrong branch cannot hide.
+
+    LayerScale gammas (1e-4 at init) would make both residual branches invisible, and zero
+    biases or unit LayerNorms would hide swapped or skipped parameters.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        noise = torch.randn(param.shape, generator=generator)
+        if name.endswith(("gamma_1", "gamma_2", "ls1.gamma", "ls2.gamma")):
+            param.copy_(0.5 + torch.rand(param.shape, generator=generator))
+        elif param.ndim == 1 and ("norm" in name.split(".")[-2]):
+            param.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * noise)
+        else:
+            param.add_(0.02 * noise)
+    return model
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, f"shape {tuple(a.shape)} != {tuple(b.shape)}"
+    return (a.float() - b.float()).abs().max().item()
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL, what: str = "") -> None:
+    diff = max_diff(a, b)
+    assert diff <= atol, f"{what}: max abs diff {diff:.3g} > {atol}"
+
+
+def tiny_config(**overrides) -> focalnet.FocalNetConfig:
+    kwargs = dict(
+        embed_dim=16, depths=[1, 1], focal_levels=[2, 2], focal_windows=[3, 3], num_labels=3, encoder_stride=8
+    )
+    kwargs.update(overrides)
+    return focalnet.FocalNetConfig(**kwargs)

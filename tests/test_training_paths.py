@@ -1,0 +1,116 @@
+"""Backward, gradient checkpointing, weight init, torch.compile and torch.export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import focalnet
+from conftest import assert_close, randomize_, tiny_config
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_backward_reaches_every_parameter() -> None:
+    model = focalnet.FocalNetForImageClassification(tiny_config(use_layerscale=True, use_post_layernorm=True)).train()
+    loss = model(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 2])).loss
+    loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_masked_image_modeling_backward_reaches_mask_token() -> None:
+    model = focalnet.FocalNetForMaskedImageModeling(tiny_config()).train()
+    mask = torch.zeros(2, 64, dtype=torch.bool)
+    mask[:, ::3] = True
+    model(torch.randn(2, 3, 32, 32), bool_masked_pos=mask).loss.backward()
+    assert model.focalnet.embeddings.mask_token.grad.abs().sum() > 0
+
+
+def test_checkpointed_gradients_equal_plain_ones() -> None:
+    config = tiny_config(depths=[2, 2], drop_path_rate=0.0, hidden_dropout_prob=0.0)
+    model = randomize_(focalnet.FocalNetForImageClassification(config)).train()
+    pixels, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 0])
+    model(pixels, labels=labels).loss.backward()
+    plain = _grads(model)
+    model.zero_grad(set_to_none=True)
+    model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing
+    recomputed = []
+    # a pre-hook: recomputation stops early, before forward hooks would run
+    model.focalnet.encoder.stages[0].layers[0].register_forward_pre_hook(lambda *args: recomputed.append(1))
+    model(pixels, labels=labels).loss.backward()
+    assert len(recomputed) == 2, "the block was not re-run in the backward pass"
+    checkpointed = _grads(model)
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        assert_close(plain[name], checkpointed[name], atol=1e-6, what=name)
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing
+
+
+def test_drop_path_and_dropout_only_in_training() -> None:
+    model = focalnet.FocalNetModel(tiny_config(drop_path_rate=0.5, hidden_dropout_prob=0.3))
+    pixels = torch.randn(4, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(pixels).pooler_output, model(pixels).pooler_output)
+        model.train()
+        assert not torch.equal(model(pixels).pooler_output, model(pixels).pooler_output)
+
+
+def test_drop_path_rates_grow_linearly_over_all_blocks() -> None:
+    model = focalnet.FocalNetModel(tiny_config(depths=[2, 3], drop_path_rate=0.4))
+    rates = [block.drop_path.drop_prob for stage in model.encoder.stages for block in stage.layers]
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+
+
+def test_weight_init_follows_transformers() -> None:
+    config = tiny_config(use_layerscale=True, layerscale_value=0.25, initializer_range=0.5, embed_dim=64)
+    model = focalnet.FocalNetForMaskedImageModeling(config)
+    block = model.focalnet.encoder.stages[0].layers[0]
+    assert torch.all(block.gamma_1 == 0.25) and torch.all(block.gamma_2 == 0.25)
+    assert torch.all(model.focalnet.embeddings.mask_token == 0)
+    assert torch.all(block.norm1.weight == 1) and torch.all(block.norm1.bias == 0)
+    assert torch.all(block.mlp.fc1.bias == 0)
+    assert block.mlp.fc1.weight.std().item() == pytest.approx(0.5, rel=0.05)
+
+
+def test_compile_fullgraph_static_and_dynamic() -> None:
+    """Dynamo captures the whole model (no graph breaks), across input sizes without a recompile per size."""
+    torch._dynamo.reset()
+    model = randomize_(focalnet.FocalNetForImageClassification(tiny_config())).eval()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="eager")
+    with torch.no_grad():
+        for size in [(32, 32), (48, 40), (33, 17), (64, 57)]:
+            pixels = torch.randn(2, 3, *size)
+            assert_close(model(pixels).logits, compiled(pixels).logits, what=f"{size}")
+
+
+@pytest.mark.slow
+def test_compile_inductor() -> None:
+    torch._dynamo.reset()
+    model = randomize_(
+        focalnet.FocalNetForImageClassification(
+            tiny_config(depths=[1], focal_levels=[2], focal_windows=[3], encoder_stride=4)
+        )
+    ).eval()
+    compiled = torch.compile(model, fullgraph=True)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_close(model(pixels).logits, compiled(pixels).logits, atol=1e-5, what="inductor")
+
+
+def test_torch_export_round_trip() -> None:
+    model = randomize_(focalnet.FocalNetForMaskedImageModeling(tiny_config())).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    mask = torch.rand(2, 64) < 0.5
+    exported = torch.export.export(model, (pixels,), {"bool_masked_pos": mask})
+    with torch.no_grad():
+        expected = model(pixels, bool_masked_pos=mask)
+    got = exported.module()(pixels, bool_masked_pos=mask)
+    assert isinstance(got, focalnet.FocalNetMaskedImageModelingOutput)
+    assert_close(expected.reconstruction, got.reconstruction, what="reconstruction")
+    assert_close(expected.loss, got.loss, what="loss")
