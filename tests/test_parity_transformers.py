@@ -179,3 +179,19 @@ def test_loss_matches_transformers(num_labels: int, problem_type: str | None, la
         expected = hf_model(pixels, labels=labels).loss
         got = ours(pixels, labels=labels).loss
     assert_close(expected, got, what=f"{problem_type} {labels.dtype}")
+
+
+def test_tuple_outputs_match_transformers_order() -> None:
+    hf_model, ours = _classifier_pair(num_labels=3)
+    pixels, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    with torch.no_grad():
+        theirs = hf_model(pixels, labels=labels, output_hidden_states=True, return_dict=False)
+        mine = ours(pixels, labels=labels, output_hidden_states=True, return_dict=False)
+        as_dict = ours(pixels, labels=labels)
+    assert isinstance(mine, tuple) and len(theirs) == 3  # HF: (loss, logits, hidden_states)
+    assert_close(theirs[0], mine[0], what="loss")
+    assert_close(theirs[1], mine[1], what="logits")
+    for a, b in zip(theirs[2], mine[2], strict=True):
+        assert_close(a, b, what="hidden state")
+    assert as_dict[0] is as_dict["loss"] is as_dict.loss
+    assert list(as_dict.keys()) == ["loss", "logits"]
