@@ -105,6 +105,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# focalnet convert
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`--set key=value` pairs -> config overrides; values are read as JSON when they parse."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes key=value, got {pair!r}")
+        try:
+            overrides[key] = json.loads(value.lower() if value.lower() in ("true", "false", "null") else value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_checkpoint
+
+    written = convert_checkpoint(args.source, args.destination, args.to, **parse_overrides(args.set))
+    print(f"wrote {args.to} layout: {written}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# focalnet predict
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Predictor, find_images
+
+    images = find_images(args.inputs)
+    if not images:
+        raise ValueError(f"no image files found in {', '.join(args.inputs)}")
+    predictor = Predictor.from_pretrained(args.model, device=args.device, **parse_overrides(args.set))
+    results, failures = [], []
+    batches = [images[i : i + args.batch_size] for i in range(0, len(images), args.batch_size)]
+    bar = progress(batches, "predicting", total=len(batches)) if len(images) > args.batch_size else batches
+    for batch in bar:
+        batch_results, batch_failures = predictor.predict(batch, top_k=args.top_k)
+        results += batch_results
+        failures += batch_failures
+        for path, error in batch_failures:
+            print(f"skipped {path}: {error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"predictions": results, "failed": [{"path": p, "error": e} for p, e in failures]}, indent=2))
+    else:
+        for result in results:
+            print(result["path"])
+            for guess in result["top_k"]:
+                print(f"  {guess['score']:7.2%}  {guess['index']:>5}  {guess['label']}")
+    if failures:
+        print(f"{len(failures)} of {len(images)} images could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focalnet", description="Focal Modulation Networks for PyTorch.")
     parser.add_argument("--version", action="version", version=f"focalnet {__version__}")
@@ -120,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--image", help="image file (default: the bundled photograph)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     demo.set_defaults(handler=cmd_demo)
+
+    convert = commands.add_parser("convert", help="convert a checkpoint between the HF, timm and original layouts")
+    convert.add_argument("source", help="directory, weights file, registry name or hub id")
+    convert.add_argument("destination", help="directory (hf) or weights file (timm: .safetensors, original: .pth)")
+    convert.add_argument("--to", choices=["hf", "timm", "original"], default="hf", help="target layout (default: hf)")
+    convert.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    convert.set_defaults(handler=cmd_convert)
+
+    predict = commands.add_parser("predict", help="classify images with a pretrained classifier")
+    predict.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS", help="image files or directories")
+    predict.add_argument("--model", required=True, help="directory, weights file, registry name or hub id")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument("--device", default="cpu")
+    predict.add_argument("--json", action="store_true", help="print JSON")
+    predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    predict.set_defaults(handler=cmd_predict)
     return parser
 
 

@@ -41,10 +41,10 @@ class FocalNetConfig:
         num_channels: int = 3,
         embed_dim: int = 96,
         use_conv_embed: bool = False,
-        hidden_sizes: list[int] | tuple[int, ...] = (192, 384, 768, 768),
+        hidden_sizes: list[int] | tuple[int, ...] | None = None,
         depths: list[int] | tuple[int, ...] = (2, 2, 6, 2),
-        focal_levels: list[int] | tuple[int, ...] = (2, 2, 2, 2),
-        focal_windows: list[int] | tuple[int, ...] = (3, 3, 3, 3),
+        focal_levels: list[int] | tuple[int, ...] | None = None,
+        focal_windows: list[int] | tuple[int, ...] | None = None,
         hidden_act: str = "gelu",
         mlp_ratio: float = 4.0,
         hidden_dropout_prob: float = 0.0,
@@ -68,15 +68,21 @@ class FocalNetConfig:
         return_dict: bool = True,
         **kwargs: Any,
     ) -> None:
+        self.out_features: list[str] = []
+        self.out_indices: list[int] = []
         self.image_size = _int_or_pair(image_size, "image_size")
         self.patch_size = _int_or_pair(patch_size, "patch_size")
         self.num_channels = num_channels
         self.embed_dim = embed_dim
         self.use_conv_embed = use_conv_embed
-        self.hidden_sizes = list(hidden_sizes)
         self.depths = list(depths)
-        self.focal_levels = list(focal_levels)
-        self.focal_windows = list(focal_windows)
+        # per-stage lists left out follow the number of stages (HF's defaults for four)
+        self.focal_levels = list(focal_levels) if focal_levels is not None else [2] * len(self.depths)
+        self.focal_windows = list(focal_windows) if focal_windows is not None else [3] * len(self.depths)
+        if hidden_sizes is None:  # HF's metadata convention: widths after each stage's downsample
+            widths = [embed_dim * 2**i for i in range(len(self.depths))]
+            hidden_sizes = widths[1:] + widths[-1:]
+        self.hidden_sizes = list(hidden_sizes)
         self.hidden_act = hidden_act
         self.mlp_ratio = mlp_ratio
         self.hidden_dropout_prob = hidden_dropout_prob

@@ -119,3 +119,89 @@ def timm_to_hf(state: dict[str, torch.Tensor], prefix: str = "focalnet.") -> dic
         return value.flatten(1) if hf_linear and value.ndim == 4 else value
 
     return _convert(state, rename, reshape)
+
+
+# ------------------------------------------------------------------------------------------------
+# The original microsoft/FocalNet layout (SPEC section 4.2): HF's tensors under older names.
+_ORIGINAL_TO_HF = [
+    (r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection."),
+    (r"^patch_embed\.norm\.", "embeddings.norm."),
+    (r"^norm\.", "layernorm."),
+    (r"^head\.", "classifier."),
+    (r"^layers\.(\d+)\.downsample\.proj\.", r"encoder.stages.\1.downsample.projection."),
+    (r"^layers\.(\d+)\.downsample\.norm\.", r"encoder.stages.\1.downsample.norm."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.modulation\.f\.", r"encoder.stages.\1.layers.\2.modulation.projection_in."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.modulation\.h\.", r"encoder.stages.\1.layers.\2.modulation.projection_context."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.modulation\.proj\.", r"encoder.stages.\1.layers.\2.modulation.projection_out."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.modulation\.ln\.", r"encoder.stages.\1.layers.\2.modulation.layernorm."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.", r"encoder.stages.\1.layers.\2."),
+]
+_HF_TO_ORIGINAL = [
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^embeddings\.norm\.", "patch_embed.norm."),
+    (r"^layernorm\.", "norm."),
+    (r"^classifier\.", "head."),
+    (r"^encoder\.stages\.(\d+)\.downsample\.projection\.", r"layers.\1.downsample.proj."),
+    (r"^encoder\.stages\.(\d+)\.downsample\.norm\.", r"layers.\1.downsample.norm."),
+    (_BLOCK + r"modulation\.projection_in\.", r"layers.\1.blocks.\2.modulation.f."),
+    (_BLOCK + r"modulation\.projection_context\.", r"layers.\1.blocks.\2.modulation.h."),
+    (_BLOCK + r"modulation\.projection_out\.", r"layers.\1.blocks.\2.modulation.proj."),
+    (_BLOCK + r"modulation\.layernorm\.", r"layers.\1.blocks.\2.modulation.ln."),
+    (_BLOCK, r"layers.\1.blocks.\2."),
+]
+
+
+def original_to_hf(state: dict[str, torch.Tensor], prefix: str = "focalnet.") -> dict[str, torch.Tensor]:
+    """Original-release state dict -> HF keys (same tensors, new names)."""
+
+    def rename(key: str) -> str | None:
+        new_key = _rename(key, _ORIGINAL_TO_HF)
+        return new_key if new_key is None or new_key.startswith("classifier.") else prefix + new_key
+
+    return _convert(state, rename, lambda key, value: value)
+
+
+def hf_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF-layout state dict -> the original release's keys."""
+    state = {k.removeprefix("focalnet."): v for k, v in state.items()}
+    return _convert(state, lambda key: _rename(key, _HF_TO_ORIGINAL), lambda key, value: value)
+
+
+LAYOUTS = ("hf", "timm", "original")
+
+
+def detect_layout(state: dict[str, torch.Tensor]) -> str:
+    """Which of the three published layouts a state dict uses."""
+    if any(k.startswith(("focalnet.", "embeddings.", "encoder.")) for k in state):
+        return "hf"
+    if any(k.startswith("stem.") for k in state):
+        return "timm"
+    if any(k.startswith("patch_embed.") for k in state):
+        return "original"
+    sample = ", ".join(list(state)[:5])
+    raise KeyError(
+        f"not a FocalNet checkpoint: the weights are in no FocalNet layout (HF, timm or original); first keys: {sample}"
+    )
+
+
+def to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Any FocalNet state dict -> HF keys (encoder under `focalnet.`)."""
+    layout = detect_layout(state)
+    if layout == "timm":
+        return timm_to_hf(state)
+    if layout == "original":
+        return original_to_hf(state)
+    if any(k.startswith("focalnet.") for k in state):
+        return dict(state)
+    return {k if k.startswith(("classifier.", "decoder.")) else "focalnet." + k: v for k, v in state.items()}
+
+
+def from_hf(state: dict[str, torch.Tensor], layout: str, config: FocalNetConfig) -> dict[str, torch.Tensor]:
+    """HF-layout state dict -> `layout` ("hf", "timm" or "original")."""
+    if layout == "timm":
+        return hf_to_timm(state, config)
+    if layout == "original":
+        return hf_to_original(state)
+    if layout == "hf":
+        return dict(state)
+    raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")

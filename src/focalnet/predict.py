@@ -1,0 +1,84 @@
+"""Batched classification of image files (`focalnet predict`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .image_processing import FocalNetImageProcessor
+from .modeling import FocalNetForImageClassification
+from .registry import find_checkpoint
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+PREPROCESSOR_NAME = "preprocessor_config.json"
+
+
+def find_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Files as given (even unreadable ones, to be reported), and image files under directories."""
+    found: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            found.append(str(path))
+    return found
+
+
+def processor_for(source: str | os.PathLike, image_size: int) -> FocalNetImageProcessor:
+    """The preprocessing the weights expect: the checkpoint's own file, its registry entry, or HF's."""
+    path = Path(source)
+    directory = path if path.is_dir() else path.parent
+    if (directory / PREPROCESSOR_NAME).is_file():
+        return FocalNetImageProcessor.from_pretrained(directory)
+    entry = find_checkpoint(str(source))
+    if entry is not None:
+        return FocalNetImageProcessor.from_preset(entry.pipeline, image_size=entry.image_size)
+    return FocalNetImageProcessor.from_preset("hf", image_size=image_size)
+
+
+class Predictor:
+    """A classifier with its preprocessing; `predict` never stops on a bad image."""
+
+    def __init__(self, model: FocalNetForImageClassification, processor: FocalNetImageProcessor) -> None:
+        self.model = model.eval()
+        self.processor = processor
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, device: str = "cpu", **overrides: Any) -> Predictor:
+        model = FocalNetForImageClassification.from_pretrained(source, **overrides).to(device)
+        return cls(model, processor_for(source, model.config.image_size_2d[0]))
+
+    def predict(self, paths: Sequence[str], top_k: int = 5) -> tuple[list[dict], list[tuple[str, str]]]:
+        """Top-k labels per readable image, and (path, reason) for each that could not be read."""
+        tensors, readable, failures = [], [], []
+        for path in paths:
+            try:
+                tensors.append(self.processor(path)["pixel_values"][0])
+                readable.append(path)
+            except (ValueError, OSError) as err:
+                failures.append((path, str(err)))
+        if not tensors:
+            return [], failures
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            logits = self.model(torch.stack(tensors).to(device)).logits.float()
+        probabilities = logits.softmax(-1)
+        k = min(top_k, probabilities.shape[-1])
+        scores, indices = probabilities.topk(k)
+        labels = self.model.config.id2label
+        results = [
+            {
+                "path": path,
+                "top_k": [
+                    {"index": int(i), "label": labels.get(int(i), str(int(i))), "score": float(s)}
+                    for s, i in zip(row_scores, row_indices, strict=True)
+                ],
+            }
+            for path, row_scores, row_indices in zip(readable, scores, indices, strict=True)
+        ]
+        return results, failures
