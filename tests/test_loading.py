@@ -171,7 +171,7 @@ def test_damaged_foreign_and_missing_sources(tmp_path) -> None:
     torch.save({"model": _original_layout(hf_model.state_dict())}, good)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="truncated.pth could not be read"):
+    with pytest.raises(CheckpointError, match=r"truncated\.pth could not be read"):
         focalnet.FocalNetModel.from_pretrained(truncated)
     swin = transformers.SwinModel(transformers.SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 1]))
     swin_path = tmp_path / "swin.safetensors"

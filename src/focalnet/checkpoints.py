@@ -151,7 +151,8 @@ def infer_config_kwargs(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     stem = enc.get("embeddings.patch_embeddings.projection.weight")
     if stem is None or stem.ndim != 4:
         raise CheckpointError(
-            "not a FocalNet checkpoint: no stem convolution (embeddings.patch_embeddings.projection.weight) in the weights"
+            "not a FocalNet checkpoint: no stem convolution "
+            "(embeddings.patch_embeddings.projection.weight) in the weights"
         )
     embed_dim, num_channels, kernel_h, kernel_w = stem.shape
     block_keys = [re.match(r"encoder\.stages\.(\d+)\.layers\.(\d+)\.", k) for k in enc]
