@@ -3,7 +3,9 @@
 The API mirrors Hugging Face `transformers`; state dicts are interchangeable with it.
 """
 
+from .checkpoints import CheckpointError
 from .configuration import FocalNetConfig
+from .image_processing import FocalNetImageProcessor
 from .modeling import (
     FocalNetBackbone,
     FocalNetForImageClassification,
@@ -18,19 +20,23 @@ from .outputs import (
     FocalNetModelOutput,
 )
 from .presets import list_presets
+from .registry import list_checkpoints
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackboneOutput",
+    "CheckpointError",
     "FocalNetBackbone",
     "FocalNetConfig",
     "FocalNetForImageClassification",
     "FocalNetForMaskedImageModeling",
     "FocalNetImageClassifierOutput",
+    "FocalNetImageProcessor",
     "FocalNetMaskedImageModelingOutput",
     "FocalNetModel",
     "FocalNetModelOutput",
     "FocalNetPreTrainedModel",
+    "list_checkpoints",
     "list_presets",
 ]
