@@ -10,6 +10,19 @@ import focalnet
 
 ATOL = 1e-5
 
+# (our/HF config kwargs, timm `FocalNet` kwargs): small versions of the published block families
+TIMM_FAMILIES = {
+    "srf": (dict(), dict()),
+    "large_like": (
+        dict(use_conv_embed=True, use_post_layernorm=True, use_layerscale=True, focal_levels=[4] * 4),
+        dict(use_overlap_down=True, use_post_norm=True, layerscale_value=1e-4, focal_levels=[4] * 4),
+    ),
+    "huge_like": (
+        dict(use_conv_embed=True, use_post_layernorm=True, use_layerscale=True, use_post_layernorm_in_modulation=True),
+        dict(use_overlap_down=True, use_post_norm=True, layerscale_value=1e-4, use_post_norm_in_modulation=True),
+    ),
+}
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

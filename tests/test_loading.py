@@ -12,22 +12,11 @@ from safetensors.torch import save_file
 from timm.models.focalnet import FocalNet
 
 import focalnet
-from conftest import assert_close, randomize_
+from conftest import TIMM_FAMILIES, assert_close, randomize_
 from focalnet.checkpoints import CheckpointError, infer_config_kwargs
 from focalnet.registry import CHECKPOINTS, find_checkpoint, match_architecture
 
-# (our/HF config kwargs, timm FocalNet kwargs): small versions of the published families
-FAMILIES = {
-    "srf": (dict(), dict()),
-    "large_like": (
-        dict(use_conv_embed=True, use_post_layernorm=True, use_layerscale=True, focal_levels=[4] * 4),
-        dict(use_overlap_down=True, use_post_norm=True, layerscale_value=1e-4, focal_levels=[4] * 4),
-    ),
-    "huge_like": (
-        dict(use_conv_embed=True, use_post_layernorm=True, use_layerscale=True, use_post_layernorm_in_modulation=True),
-        dict(use_overlap_down=True, use_post_norm=True, layerscale_value=1e-4, use_post_norm_in_modulation=True),
-    ),
-}
+FAMILIES = TIMM_FAMILIES
 SMALL = dict(embed_dim=16, depths=[1, 2, 1, 1])
 
 

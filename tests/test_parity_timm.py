@@ -10,22 +10,14 @@ import torch
 from timm.models.focalnet import FocalNet
 
 import focalnet
-from conftest import assert_close, randomize_
+from conftest import TIMM_FAMILIES, assert_close, randomize_
 from focalnet.formats import hf_to_timm, timm_to_hf
 
 CONFIGS = {
-    "srf": (dict(), dict()),
+    **TIMM_FAMILIES,
     "lrf_window5": (
         dict(focal_levels=[3] * 4, focal_windows=[5] * 4),
         dict(focal_levels=[3] * 4, focal_windows=[5] * 4),
-    ),
-    "large_like": (
-        dict(use_conv_embed=True, use_post_layernorm=True, use_layerscale=True, focal_levels=[4] * 4),
-        dict(use_overlap_down=True, use_post_norm=True, layerscale_value=1e-4, focal_levels=[4] * 4),
-    ),
-    "huge_like": (
-        dict(use_conv_embed=True, use_post_layernorm=True, use_layerscale=True, use_post_layernorm_in_modulation=True),
-        dict(use_overlap_down=True, use_post_norm=True, layerscale_value=1e-4, use_post_norm_in_modulation=True),
     ),
     "normalized_per_stage": (
         dict(normalize_modulator=True, focal_levels=[1, 2, 3, 4]),

@@ -324,6 +324,16 @@ class FocalNetModel(FocalNetPreTrainedModel):
         )
 
 
+def _encoder_extras(outputs: FocalNetModelOutput) -> dict[str, Tensors | None]:
+    """The optional encoder outputs every head passes through unchanged."""
+    return {
+        "hidden_states": outputs.hidden_states,
+        "reshaped_hidden_states": outputs.reshaped_hidden_states,
+        "modulators": outputs.modulators,
+        "gates": outputs.gates,
+    }
+
+
 class FocalNetForImageClassification(FocalNetPreTrainedModel):
     """Encoder + Linear classifier on the pooled output (`Identity` when `num_labels` is 0)."""
 
@@ -351,14 +361,7 @@ class FocalNetForImageClassification(FocalNetPreTrainedModel):
             if self.config.num_labels == 0:
                 raise ValueError("labels were given but the model has no classifier (num_labels=0)")
             loss = classification_loss(logits, labels, self.config.problem_type)
-        output = FocalNetImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            reshaped_hidden_states=outputs.reshaped_hidden_states,
-            modulators=outputs.modulators,
-            gates=outputs.gates,
-        )
+        output = FocalNetImageClassifierOutput(loss=loss, logits=logits, **_encoder_extras(outputs))
         return output if return_dict else output.to_tuple()
 
 
@@ -403,14 +406,7 @@ class FocalNetForMaskedImageModeling(FocalNetPreTrainedModel):
             loss = masked_image_modeling_loss(
                 pixel_values, reconstruction, self._pixel_mask(bool_masked_pos, height, width)
             )
-        output = FocalNetMaskedImageModelingOutput(
-            loss=loss,
-            reconstruction=reconstruction,
-            hidden_states=outputs.hidden_states,
-            reshaped_hidden_states=outputs.reshaped_hidden_states,
-            modulators=outputs.modulators,
-            gates=outputs.gates,
-        )
+        output = FocalNetMaskedImageModelingOutput(loss=loss, reconstruction=reconstruction, **_encoder_extras(outputs))
         return output if return_dict else output.to_tuple()
 
     def _final_grid(self, height: int, width: int) -> tuple[int, int]:

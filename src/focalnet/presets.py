@@ -62,6 +62,25 @@ _LARGE = {"use_conv_embed": True, "use_post_layernorm": True, "use_layerscale": 
 _HUGE = {**_LARGE, "use_post_layernorm_in_modulation": True}
 _DEEP = (2, 2, 18, 2)
 
+
+def _isotropic(name: str, dim: int, drop_path_rate: float, reported_params: int, **flags: Any) -> Preset:
+    """One stage of 12 blocks on 16x16 patches, 3 focal levels (reported to 0.1 M)."""
+    size = name.split("-")[1]
+    return Preset(
+        name,
+        dim,
+        (12,),
+        3,
+        3,
+        patch_size=16,
+        drop_path_rate=drop_path_rate,
+        reported_params=reported_params,
+        reported_rounding=100_000,
+        flags=flags,
+        description=f"isotropic {size}/16, one stage",
+    )
+
+
 _PRESET_LIST = [
     Preset("focalnet-tiny", 96, (2, 2, 6, 2), 2, 3, reported_params=28_427_116, description="T, small receptive field"),
     Preset("focalnet-tiny-lrf", 96, (2, 2, 6, 2), 3, 3, reported_params=28_647_928, description="T, large RF"),
@@ -154,44 +173,10 @@ _PRESET_LIST = [
         flags=_HUGE,
         description="H, 4 levels, ImageNet-22K (timm: 686.46 M without head)",
     ),
-    Preset(
-        "focalnet-tiny-iso",
-        192,
-        (12,),
-        3,
-        3,
-        patch_size=16,
-        drop_path_rate=0.1,
-        reported_params=5_900_000,
-        reported_rounding=100_000,
-        description="isotropic T/16, one stage",
-    ),
-    Preset(
-        "focalnet-small-iso",
-        384,
-        (12,),
-        3,
-        3,
-        patch_size=16,
-        drop_path_rate=0.2,
-        reported_params=22_400_000,
-        reported_rounding=100_000,
-        description="isotropic S/16, one stage",
-    ),
-    Preset(
-        # the paper's 87.2 M; the released checkpoint also has modulation.ln (set by its registry entry)
-        "focalnet-base-iso",
-        768,
-        (12,),
-        3,
-        3,
-        patch_size=16,
-        drop_path_rate=0.2,
-        reported_params=87_200_000,
-        reported_rounding=100_000,
-        flags={"use_layerscale": True},
-        description="isotropic B/16, one stage",
-    ),
+    _isotropic("focalnet-tiny-iso", 192, drop_path_rate=0.1, reported_params=5_900_000),
+    _isotropic("focalnet-small-iso", 384, drop_path_rate=0.2, reported_params=22_400_000),
+    # the paper's 87.2 M; the released checkpoint also has modulation.ln (set by its registry entry)
+    _isotropic("focalnet-base-iso", 768, drop_path_rate=0.2, reported_params=87_200_000, use_layerscale=True),
 ]
 
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in _PRESET_LIST}
