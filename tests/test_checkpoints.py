@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -101,3 +102,11 @@ def test_atomic_write_keeps_previous_file_on_failure(tmp_path) -> None:
         raise RuntimeError("crash while writing")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path) -> None:
+    focalnet.FocalNetModel(focalnet.FocalNetConfig(embed_dim=16, depths=[1])).save_pretrained(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in tmp_path.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
