@@ -65,11 +65,13 @@ def test_timm_state_dict_loads(tmp_path, family: str) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_original_release_file_loads(tmp_path, family: str) -> None:
+@pytest.mark.parametrize("wrapper", ["model", "state_dict", None])
+def test_original_release_file_loads(tmp_path, family: str, wrapper: str | None) -> None:
     hf_model = _hf_model(family)
     path = tmp_path / "focalnet_custom.pth"
+    state = _original_layout(hf_model.state_dict())
     optimizer_state = {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-3}]}
-    torch.save({"model": _original_layout(hf_model.state_dict()), "optimizer": optimizer_state, "epoch": 7}, path)
+    torch.save({wrapper: state, "optimizer": optimizer_state, "epoch": 7} if wrapper else state, path)
     with pytest.raises(CheckpointError, match="use_post_layernorm=True/False"):
         focalnet.FocalNetForImageClassification.from_pretrained(path)
     flags = dict(use_post_layernorm=family != "srf", normalize_modulator=False)
