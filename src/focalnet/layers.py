@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration import FocalNetConfig
+from .fused import fused_block_forward, fused_path_available
 
 
 def make_activation(name: str) -> nn.Module:
@@ -162,6 +163,7 @@ class FocalModulation(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, activation: str, dropout: float) -> None:
         super().__init__()
+        self.activation_name = activation
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.activation = make_activation(activation)
         self.fc2 = nn.Linear(hidden_dim, dim)
@@ -202,6 +204,8 @@ class FocalNetBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, return_modulator: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if not (self.training or return_modulator) and fused_path_available(x):
+            return fused_block_forward(self, x), None, None
         post = self.use_post_layernorm
         branch, modulator, gates = self.modulation(x if post else self.norm1(x), return_modulator)
         x = x + self.drop_path(_scale(self.norm1(branch) if post else branch, self.gamma_1))
