@@ -30,7 +30,7 @@ def _seed() -> None:
 
 
 @torch.no_grad()
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+def randomize_(model: nn.Module, seed: int = 0, scale: float = 0.02) -> nn.Module:
     """Give every parameter non-trivial values, so a wrong branch cannot hide.
 
     LayerScale gammas (1e-4 at init) would make both residual branches invisible, and zero
@@ -44,7 +44,7 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
         elif param.ndim == 1 and ("norm" in name.split(".")[-2]):
             param.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * noise)
         else:
-            param.add_(0.02 * noise)
+            param.add_(scale * noise)
     return model
 
 

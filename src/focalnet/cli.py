@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 from . import __version__
+from .benchmark import DEFAULT_BATCH_SIZES, DEFAULT_MODES, DEFAULT_PRESETS, MODES
 from .configuration import FocalNetConfig
 from .presets import PRESETS, list_presets
 
@@ -160,6 +161,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# focalnet benchmark
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import BenchmarkSettings, preset_configs, run_benchmark
+
+    settings = BenchmarkSettings(
+        batch_sizes=tuple(args.batch_sizes),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        train_batch_size=args.train_batch_size,
+        image_size=args.image_size,
+        device=args.device,
+    )
+    report = run_benchmark(
+        preset_configs(args.presets),
+        args.modes,
+        settings,
+        wrap=lambda jobs: progress(jobs, "benchmarking", total=len(jobs)),
+        echo=lambda text: print(text + "\n", flush=True),
+    )
+    if args.json:
+        report.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 1 if any(result.error for result in report.results) else 0
+
+
+# ------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focalnet", description="Focal Modulation Networks for PyTorch.")
     parser.add_argument("--version", action="version", version=f"focalnet {__version__}")
@@ -192,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     predict.set_defaults(handler=cmd_predict)
+
+    bench = commands.add_parser("benchmark", help="speed and memory against transformers and timm, same weights")
+    bench.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS), choices=list_presets(), metavar="NAME")
+    bench.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES, help="(default: %(default)s)")
+    bench.add_argument("--batch-sizes", nargs="+", type=int, default=list(DEFAULT_BATCH_SIZES), metavar="N")
+    bench.add_argument("--train-batch-size", type=int, default=16)
+    bench.add_argument("--repeats", type=int, default=5, help="timed runs per model; the median is reported")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed runs per model first (at least 1)")
+    bench.add_argument("--image-size", type=int, default=224)
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--json", metavar="PATH", help="also write every number, with the machine, to this file")
+    bench.set_defaults(handler=cmd_benchmark)
     return parser
 
 
