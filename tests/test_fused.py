@@ -78,3 +78,28 @@ def test_bfloat16_fused_stays_close_to_fp32() -> None:
         low = model.to(torch.bfloat16)(pixels.bfloat16()).logits.float()
     cosine = torch.nn.functional.cosine_similarity(reference.flatten(), low.flatten(), dim=0)
     assert cosine > 0.999, cosine
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_fuse_for_inference_keeps_outputs(name: str) -> None:
+    model = focalnet.FocalNetForImageClassification(tiny_config(**VARIANTS[name]))
+    randomize_(model, scale=0.15).eval()
+    pixels = torch.randn(2, 3, 40, 56)
+    with torch.inference_mode():
+        expected = _outputs(model, pixels)
+        before = model.num_parameters()
+        assert model.fuse_for_inference() is model
+        _assert_same(expected, _outputs(model, pixels), f"fused {name}")
+        with torch.enable_grad():
+            plain = _outputs(model, pixels)  # the autograd path sees the folded weights too
+        _assert_same(expected, [t.detach() for t in plain], f"fused plain path {name}")
+    blocks = [b for s in model.focalnet.encoder.stages for b in s.layers]
+    assert all(b.gamma_1 is None and not b.modulation.normalize_modulator for b in blocks)
+    if model.config.use_layerscale:
+        assert model.num_parameters() < before
+
+
+def test_fused_model_refuses_to_save(tmp_path) -> None:
+    model = focalnet.FocalNetModel(tiny_config(use_layerscale=True)).fuse_for_inference()
+    with pytest.raises(ValueError, match="save it before fusing"):
+        model.save_pretrained(tmp_path)

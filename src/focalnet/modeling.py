@@ -253,10 +253,18 @@ class FocalNetPreTrainedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    def fuse_for_inference(self) -> FocalNetPreTrainedModel:
+        """Fold LayerScale, modulator normalisation and LayerNorm affines into weights (see `focalnet.inference`)."""
+        from .inference import fuse_for_inference
+
+        return fuse_for_inference(self)
+
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True) -> None:
         """Write `config.json` and `model.safetensors` (HF layout), each atomically."""
         from .checkpoints import save_pretrained
 
+        if getattr(self, "is_fused", False):
+            raise ValueError("this model was fused for inference and lost the HF layout; save it before fusing")
         save_pretrained(self, save_directory, safe_serialization=safe_serialization)
 
     @classmethod
