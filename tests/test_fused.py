@@ -103,3 +103,18 @@ def test_fused_model_refuses_to_save(tmp_path) -> None:
     model = focalnet.FocalNetModel(tiny_config(use_layerscale=True)).fuse_for_inference()
     with pytest.raises(ValueError, match="save it before fusing"):
         model.save_pretrained(tmp_path)
+
+
+def test_int8_dynamic_quantization_stays_close() -> None:
+    from focalnet.quantization import quantize_dynamic_int8
+
+    model = randomize_(focalnet.FocalNetForImageClassification(tiny_config(embed_dim=32)), scale=0.05).eval()
+    quantized = quantize_dynamic_int8(model)
+    assert type(model.focalnet.encoder.stages[0].layers[0].mlp.fc1) is torch.nn.Linear  # original untouched
+    assert type(quantized.focalnet.encoder.stages[0].layers[0].mlp.fc1) is not torch.nn.Linear
+    pixels = torch.randn(4, 3, 64, 64)
+    with torch.inference_mode():
+        reference, low = model(pixels).logits, quantized(pixels).logits
+    cosine = torch.nn.functional.cosine_similarity(reference.flatten(), low.flatten(), dim=0)
+    assert cosine > 0.99, cosine
+    assert not torch.equal(reference, low)

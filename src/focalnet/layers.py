@@ -204,7 +204,7 @@ class FocalNetBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, return_modulator: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        if not (self.training or return_modulator) and fused_path_available(x):
+        if not (self.training or return_modulator) and self._fusable() and fused_path_available(x):
             return fused_block_forward(self, x), None, None
         post = self.use_post_layernorm
         branch, modulator, gates = self.modulation(x if post else self.norm1(x), return_modulator)
@@ -212,6 +212,11 @@ class FocalNetBlock(nn.Module):
         branch = self.norm2(self.mlp(x)) if post else self.mlp(self.norm2(x))
         x = x + self.drop_path(_scale(branch, self.gamma_2))
         return x, modulator, gates
+
+    def _fusable(self) -> bool:
+        """The fused kernels need the float Linear layers (not, e.g., int8-quantised ones)."""
+        linears = (self.modulation.projection_in, self.modulation.projection_out, self.mlp.fc1, self.mlp.fc2)
+        return all(type(layer) is nn.Linear for layer in linears)
 
 
 def _scale(x: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
