@@ -50,6 +50,25 @@ class DropPath(nn.Module):
         return f"p={self.drop_prob}"
 
 
+def channel_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A Linear over the channels of channels-last `x` (B, H, W, C).
+
+    With gradients on the CPU it runs as a 1x1 convolution over the same memory (an NCHW view
+    in channels-last format), which oneDNN differentiates 15-20% faster than MKL's matmuls;
+    elsewhere it is `F.linear`. Weights keep the Linear shape [out, in] either way.
+    """
+    if x.device.type == "cpu" and x.ndim == 4 and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return F.conv2d(x.permute(0, 3, 1, 2), weight[:, :, None, None], bias).permute(0, 2, 3, 1)
+    return F.linear(x, weight, bias)
+
+
+def apply_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` for a Linear-like layer, through `channel_linear` when it is a plain float Linear."""
+    if type(layer) is nn.Linear:
+        return channel_linear(x, layer.weight, layer.bias)
+    return layer(x)
+
+
 def pad_to_multiple(pixel_values: torch.Tensor, multiple: tuple[int, int]) -> torch.Tensor:
     """Zero-pad an NCHW tensor on the right and bottom to a multiple of `multiple` (as HF does)."""
     height, width = pixel_values.shape[-2:]
@@ -130,31 +149,45 @@ class FocalModulation(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Return (output, modulator, gates); the last two (NCHW) only when `return_modulator`."""
         levels = self.focal_level
-        # 1. one linear layer yields the query, the context and L+1 gates (raw, no squashing)
-        query, ctx, gates = self.projection_in(x).split([self.dim, self.dim, levels + 1], dim=-1)
+        # 1. one linear layer yields the query, the context and L+1 gates (raw, no squashing);
+        #    run as three products so each result is a contiguous channels-last tensor
+        query, ctx, gates = self._project_in(x)
         ctx = ctx.permute(0, 3, 1, 2)  # NCHW view of channels-last memory, no copy
         gates = gates.permute(0, 3, 1, 2)
         # 2. hierarchical contextualisation: each depthwise conv + GELU sees the previous level
-        ctx_all = 0
+        ctx_all = None
         for level, focal_layer in enumerate(self.focal_layers):
             ctx = focal_layer(ctx)
-            ctx_all = ctx_all + ctx * gates[:, level : level + 1]
+            gate = gates[:, level : level + 1]
+            ctx_all = ctx * gate if ctx_all is None else torch.addcmul(ctx_all, ctx, gate)
         # 3. global context: GELU of the spatial mean of the last level, with the last gate
         ctx_global = self.activation(ctx.mean(dim=(2, 3), keepdim=True))
-        ctx_all = ctx_all + ctx_global * gates[:, levels:]
+        ctx_all = torch.addcmul(ctx_all, ctx_global, gates[:, levels:])
         if self.normalize_modulator:
             ctx_all = ctx_all / (levels + 1)
-        # 4. modulator h(ctx_all): a 1x1 projection, computed as a matmul over channels
-        weight = self.projection_context.weight.flatten(1)
-        modulator = F.linear(ctx_all.permute(0, 2, 3, 1), weight, self.projection_context.bias)
+        # 4. modulator h(ctx_all): a 1x1 projection over channels
+        modulator = channel_linear(
+            ctx_all.permute(0, 2, 3, 1), self.projection_context.weight.flatten(1), self.projection_context.bias
+        )
         # 5. element-wise modulation of the query, optional LayerNorm, output projection
         out = query * modulator
         if self.layernorm is not None:
             out = self.layernorm(out)
-        out = self.projection_dropout(self.projection_out(out))
+        out = self.projection_dropout(apply_linear(self.projection_out, out))
         if return_modulator:
             return out, modulator.permute(0, 3, 1, 2), gates
         return out, None, None
+
+    def _project_in(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, context and gates; three products, so each is contiguous (one for quantised layers)."""
+        dim = self.dim
+        if type(self.projection_in) is not nn.Linear:
+            return self.projection_in(x).split([dim, dim, self.focal_level + 1], dim=-1)
+        weight, bias = self.projection_in.weight, self.projection_in.bias
+        return tuple(
+            channel_linear(x, weight[rows], bias[rows])
+            for rows in (slice(0, dim), slice(dim, 2 * dim), slice(2 * dim, None))
+        )
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, kernel_sizes={self.kernel_sizes}, normalize_modulator={self.normalize_modulator}"
@@ -170,7 +203,8 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.activation(self.fc1(x)))))
+        hidden = self.drop(self.activation(apply_linear(self.fc1, x)))
+        return self.drop(apply_linear(self.fc2, hidden))
 
 
 class FocalNetBlock(nn.Module):
