@@ -26,7 +26,7 @@ def _result(report, mode):
 
 
 def test_peers_have_our_weights(report) -> None:
-    for result in report.results:
+    for result in (_result(report, "eager"), _result(report, "train")):
         assert set(result.parity) == set(PEERS)
         assert max(result.parity.values()) < 1e-5
 

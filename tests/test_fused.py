@@ -118,3 +118,15 @@ def test_int8_dynamic_quantization_stays_close() -> None:
     cosine = torch.nn.functional.cosine_similarity(reference.flatten(), low.flatten(), dim=0)
     assert cosine > 0.99, cosine
     assert not torch.equal(reference, low)
+
+
+def test_cpu_autocast_runs_the_plain_path() -> None:
+    model = randomize_(focalnet.FocalNetForImageClassification(tiny_config(embed_dim=32))).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        reference = model(pixels).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(pixels).logits
+    assert low.dtype == torch.bfloat16
+    cosine = torch.nn.functional.cosine_similarity(reference.flatten(), low.float().flatten(), dim=0)
+    assert cosine > 0.999, cosine

@@ -230,6 +230,8 @@ def logits_of(output: Any) -> torch.Tensor:
 
 
 def autocast_bf16(model: nn.Module, device_type: str) -> Runner:
+    """`model` under bf16 autocast (the weights stay fp32)."""
+
     def run(pixel_values: torch.Tensor) -> Any:
         with torch.autocast(device_type, dtype=torch.bfloat16):
             return model(pixel_values)
@@ -252,6 +254,8 @@ def inference_runners(
     if mode == "amp":
         return {name: autocast_bf16(m, device.type) for name, m in models.items()}, torch.float32, []
     if mode == "int8":
+        if device.type != "cpu":
+            return {}, torch.float32, ["int8 skipped: dynamic int8 quantisation runs on the CPU only"]
         quantize = find_int8_quantizer()
         if quantize is None:
             return {}, torch.float32, ["int8 skipped: focalnet.quantization.quantize_dynamic_int8 does not exist yet"]
@@ -550,6 +554,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
         "device": device,
         "versions": {name: package_version(name) for name in ("torch", "transformers", "timm")},
     }
@@ -564,12 +569,14 @@ def format_machine(machine: dict[str, Any]) -> str:
     where = machine.get("gpu") or f"{machine['cpu']} ({machine['cpu_capability']})"
     return (
         f"{machine['date']}  {machine['host']}  device {machine['device']}: {where}\n"
-        f"{machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads; {versions}"
+        f"{machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads, "
+        f"load average {machine['load_average'][0]:.2f}; {versions}"
     )
 
 
 def format_result(result: JobResult) -> str:
-    lines = [f"== {result.name} | {result.mode} | {', '.join(result.models)}"]
+    models = f" | {', '.join(result.models)}" if result.models else ""
+    lines = [f"== {result.name} | {result.mode}{models}"]
     if result.parity:
         lines.append("   fp32 logits vs ours: " + ", ".join(f"{n} max|diff| {d:.2g}" for n, d in result.parity.items()))
     if result.accuracy:
@@ -585,7 +592,8 @@ def format_result(result: JobResult) -> str:
         ratio = f"{m.ratio_to_best_peer:.3f} vs {m.best_peer}" if m.best_peer else ""
         spread_text = f"{spread:6.1%}" if spread is not None else ""
         label = METRICS[m.metric].label
-        lines.append(f"   {m.batch_size:>5}  {label:<36} {m.model:<20} {m.median:>10.2f} {spread_text:>7}  {ratio}")
+        row = f"   {m.batch_size:>5}  {label:<36} {m.model:<20} {m.median:>10.2f} {spread_text:>7}  {ratio}"
+        lines.append(row.rstrip())
     return "\n".join(lines)
 
 

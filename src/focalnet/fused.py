@@ -27,13 +27,14 @@ _ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
 
 
 def fused_path_available(x: torch.Tensor) -> bool:
-    """Whether the fused kernels apply to this input (they have no autograd)."""
+    """Whether the fused kernels apply to this input (they have no autograd and ignore autocast)."""
     return (
         not torch.compiler.is_compiling()
         and _ONEDNN_AVAILABLE
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
+        and not torch.is_autocast_enabled("cpu")
     )
 
 
