@@ -40,9 +40,11 @@ def test_checkpointed_gradients_equal_plain_ones() -> None:
     assert model.is_gradient_checkpointing
     recomputed = []
     # a pre-hook: recomputation stops early, before forward hooks would run
-    model.focalnet.encoder.stages[0].layers[0].register_forward_pre_hook(lambda *args: recomputed.append(1))
+    block = model.focalnet.encoder.stages[0].layers[0]
+    block.modulation.register_forward_pre_hook(lambda *args: recomputed.append("tokens"))
+    block.mlp.register_forward_pre_hook(lambda *args: recomputed.append("channels"))
     model(pixels, labels=labels).loss.backward()
-    assert len(recomputed) == 2, "the block was not re-run in the backward pass"
+    assert sorted(recomputed) == ["channels", "channels", "tokens", "tokens"], "branches not re-run in backward"
     checkpointed = _grads(model)
     assert plain.keys() == checkpointed.keys()
     for name in plain:

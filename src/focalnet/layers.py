@@ -240,12 +240,22 @@ class FocalNetBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         if not (self.training or return_modulator) and self._fusable() and fused_path_available(x):
             return fused_block_forward(self, x), None, None
+        x, modulator, gates = self.mix_tokens(x, return_modulator)
+        return self.mix_channels(x), modulator, gates
+
+    def mix_tokens(
+        self, x: torch.Tensor, return_modulator: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The focal-modulation residual branch (gradient checkpointing recomputes it on its own)."""
         post = self.use_post_layernorm
         branch, modulator, gates = self.modulation(x if post else self.norm1(x), return_modulator)
         x = x + self.drop_path(_scale(self.norm1(branch) if post else branch, self.gamma_1))
-        branch = self.norm2(self.mlp(x)) if post else self.mlp(self.norm2(x))
-        x = x + self.drop_path(_scale(branch, self.gamma_2))
         return x, modulator, gates
+
+    def mix_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP residual branch."""
+        branch = self.norm2(self.mlp(x)) if self.use_post_layernorm else self.mlp(self.norm2(x))
+        return x + self.drop_path(_scale(branch, self.gamma_2))
 
     def _fusable(self) -> bool:
         """The fused kernels need the float Linear layers (not, e.g., int8-quantised ones)."""
