@@ -130,3 +130,13 @@ def test_cpu_autocast_runs_the_plain_path() -> None:
     assert low.dtype == torch.bfloat16
     cosine = torch.nn.functional.cosine_similarity(reference.flatten(), low.float().flatten(), dim=0)
     assert cosine > 0.999, cosine
+
+
+def test_builds_without_the_fused_kernels_use_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = randomize_(focalnet.FocalNetModel(tiny_config())).eval()
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        expected = model(pixels).last_hidden_state
+        monkeypatch.setattr(focalnet.fused, "_ONEDNN_AVAILABLE", False)
+        monkeypatch.setattr(focalnet.fused, "_fused_block", None)  # would raise if still called
+        assert_close(expected, model(pixels).last_hidden_state, what="plain path")

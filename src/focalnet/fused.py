@@ -23,7 +23,27 @@ if TYPE_CHECKING:
     from .layers import FocalModulation, FocalNetBlock
 
 _ONEDNN = torch.ops.mkldnn
-_ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
+
+
+def _probe_onednn() -> bool:
+    """Whether this torch build runs the fused kernels used here (not every CPU build has them)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        with torch.no_grad():
+            x, w = torch.ones(1, 2, 2, 4), torch.ones(4, 4)
+            _ONEDNN._linear_pointwise(x, w, None, "gelu", [], "none")
+            _ONEDNN._linear_pointwise.binary(x, x, w, None, "add")
+            conv = torch.ones(4, 1, 3, 3)
+            _ONEDNN._convolution_pointwise(
+                x.permute(0, 3, 1, 2), conv, None, [1, 1], [1, 1], [1, 1], 4, "gelu", [], "none"
+            )
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+    return True
+
+
+_ONEDNN_AVAILABLE = _probe_onednn()
 
 
 def fused_path_available(x: torch.Tensor) -> bool:
