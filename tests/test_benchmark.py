@@ -7,7 +7,7 @@ import json
 import pytest
 
 import focalnet
-from focalnet.benchmark import PEERS, BenchmarkSettings, find_int8_quantizer, run_benchmark
+from focalnet.benchmark import PEERS, BenchmarkSettings, run_benchmark
 from focalnet.cli import main
 
 SETTINGS = BenchmarkSettings(batch_sizes=(1, 2), repeats=1, warmup=1, train_batch_size=2, image_size=64)
@@ -65,12 +65,10 @@ def test_training_with_and_without_checkpointing(report) -> None:
     assert step["ours+checkpointing"].best_peer in PEERS
 
 
-def test_int8_runs_or_is_skipped_with_a_note(report) -> None:
+def test_int8_runs_ours_quantised_against_fp32_peers(report) -> None:
     result = _result(report, "int8")
-    if find_int8_quantizer() is None:
-        assert result.measurements == [] and "int8 skipped" in result.notes[0]
-    else:
-        assert "ours-int8" in result.models
+    assert result.models == ["ours-int8", *PEERS]
+    assert result.accuracy["ours-int8"]["cosine"] > 0.99
 
 
 def test_table_and_json(report, tmp_path) -> None:

@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import datetime
 import gc
-import importlib
 import json
 import os
 import platform
@@ -212,18 +211,6 @@ def timm_model(ours: nn.Module, config: FocalNetConfig) -> nn.Module:
     return model
 
 
-def find_int8_quantizer() -> Callable[[nn.Module], nn.Module] | None:
-    """`focalnet.quantization.quantize_dynamic_int8(model) -> model`, once the package offers it."""
-    module_name = f"{__package__}.quantization"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name != module_name:
-            raise
-        return None
-    return getattr(module, "quantize_dynamic_int8", None)
-
-
 def logits_of(output: Any) -> torch.Tensor:
     """timm returns the logits, ours and transformers an output object."""
     return output if isinstance(output, torch.Tensor) else output.logits
@@ -256,11 +243,14 @@ def inference_runners(
     if mode == "int8":
         if device.type != "cpu":
             return {}, torch.float32, ["int8 skipped: dynamic int8 quantisation runs on the CPU only"]
-        quantize = find_int8_quantizer()
-        if quantize is None:
-            return {}, torch.float32, ["int8 skipped: focalnet.quantization.quantize_dynamic_int8 does not exist yet"]
+        from .quantization import quantize_dynamic_int8
+
         peers = {name: m for name, m in models.items() if name != OURS}
-        return {"ours-int8": quantize(models[OURS]), **peers}, torch.float32, ["int8: the peers run in fp32 (eager)"]
+        return (
+            {"ours-int8": quantize_dynamic_int8(models[OURS]), **peers},
+            torch.float32,
+            ["int8: the peers run in fp32 (eager)"],
+        )
     raise ValueError(f"unknown mode {mode!r}; choose from: {', '.join(MODES)}")
 
 
