@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -78,6 +79,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------
 # focalnet demo
+def _seconds(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .image_processing import FocalNetImageProcessor
     from .modeling import FocalNetForImageClassification
@@ -92,11 +99,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"image   {image_path} -> pixel_values {tuple(pixel_values.shape)}")
     with torch.inference_mode():
         model(pixel_values)  # warm-up
-        start = time.perf_counter()
-        model(pixel_values)  # the default (fused) path
-        elapsed = time.perf_counter() - start
+        elapsed = statistics.median(_seconds(lambda: model(pixel_values)) for _ in range(5))  # default path
         out = model(pixel_values, output_hidden_states=True, output_modulators=True)
-    print(f"forward {elapsed * 1000:.1f} ms on {torch.get_num_threads()} CPU threads")
+    print(f"forward {elapsed * 1000:.1f} ms (median of 5) on {torch.get_num_threads()} CPU threads")
     steps = ["stem"] + [f"stage{i} (+ downsample)" for i in range(1, config.num_stages)] + [f"stage{config.num_stages}"]
     for step, hidden in zip(steps, out.reshaped_hidden_states, strict=True):
         print(f"  after {step:<22} {tuple(hidden.shape)}")
