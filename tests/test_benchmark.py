@@ -63,6 +63,8 @@ def test_training_with_and_without_checkpointing(report) -> None:
     step = {m.model: m for m in result.measurements if m.metric == "train_step_ms"}
     assert set(step) == set(result.models) and all(m.batch_size == 2 for m in step.values())
     assert step["ours+checkpointing"].best_peer in PEERS
+    held = {m.model for m in result.measurements if m.metric == "activation_memory_mib"}
+    assert held == set(result.models)
 
 
 def test_int8_runs_ours_quantised_against_fp32_peers(report) -> None:

@@ -56,6 +56,7 @@ METRICS = {
     "throughput_img_s": Metric("throughput img/s (higher is better)", True),
     "train_step_ms": Metric("train step ms (lower is better)", False),
     "peak_memory_mib": Metric("peak memory MiB (lower is better)", False),
+    "activation_memory_mib": Metric("activations after forward MiB (lower)", False),
 }
 
 Runner = Callable[[torch.Tensor], Any]  # pixel values -> a model's output
@@ -391,6 +392,21 @@ def benchmark_inference(
     return accuracy, measurements, notes
 
 
+def held_memory_mib(call: Callable[[], Any], device: torch.device) -> float | None:
+    """Memory still held once `call` returns, with its result kept alive (for a forward pass with
+    autograd on: the activations saved for backward)."""
+    release_free_memory()
+    synchronize(device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else resident_bytes()
+    if before is None:
+        return None
+    result = call()
+    synchronize(device)
+    after = torch.cuda.memory_allocated(device) if device.type == "cuda" else resident_bytes()
+    del result
+    return (after - before) / 2**20
+
+
 def train_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, pixel_values: torch.Tensor, labels: torch.Tensor
 ) -> None:
@@ -402,10 +418,10 @@ def train_step(
     optimizer.step()
 
 
-def checkpointed(model: nn.Module, step: Callable[[], None]) -> None:
+def checkpointed(model: nn.Module, step: Callable[[], Any]) -> Any:
     model.gradient_checkpointing_enable()
     try:
-        step()
+        return step()
     finally:
         model.gradient_checkpointing_disable()
 
@@ -416,13 +432,20 @@ def benchmark_training(models: dict[str, nn.Module], job: Job, settings: Benchma
     pixel_values = make_input(job.config, batch_size, settings, torch.float32)
     labels = torch.randint(job.config.num_labels, (batch_size,), generator=torch.Generator().manual_seed(0))
     labels = labels.to(settings.device)
-    steps = {}
+    steps, forwards = {}, {}
     for name, model in models.items():
         optimizer = torch.optim.AdamW(model.train().parameters(), lr=settings.learning_rate)
         steps[name] = partial(train_step, model, optimizer, pixel_values, labels)
+        forwards[name] = partial(model, pixel_values)
         if name == OURS and hasattr(model, "gradient_checkpointing_enable"):
             steps["ours+checkpointing"] = partial(checkpointed, model, steps[OURS])
-    return measure(steps, batch_size, "train_step_ms", settings)
+            forwards["ours+checkpointing"] = partial(checkpointed, model, forwards[OURS])
+    found = measure(steps, batch_size, "train_step_ms", settings)
+    for name, forward in forwards.items():
+        held = held_memory_mib(forward, torch.device(settings.device))
+        if held is not None:
+            found.append(Measurement(name, "activation_memory_mib", batch_size, [held]))
+    return found
 
 
 def run_job(job: Job, settings: BenchmarkSettings) -> JobResult:
