@@ -6,6 +6,7 @@ import json
 
 import huggingface_hub
 import pytest
+import timm
 import torch
 import transformers
 from safetensors.torch import save_file
@@ -243,3 +244,41 @@ def test_expand_to_more_levels_zeroes_new_gates(tmp_path) -> None:
     assert torch.equal(new.projection_in.weight[2 * dim + 2], torch.zeros(dim))  # the new level's gate
     assert torch.equal(new.projection_in.weight[-1], old.projection_in.weight[-1])  # the global gate
     assert torch.equal(new.focal_layers[2][0].weight[..., 1:-1, 1:-1], old.focal_layers[1][0].weight)
+
+
+def _cache_snapshot(cache, repo_id: str):
+    """A snapshot folder of `repo_id` in a Hugging Face cache, as `hf download` leaves it."""
+    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text("1" * 40)
+    snapshot = repo_dir / "snapshots" / ("1" * 40)
+    snapshot.mkdir(parents=True)
+    return snapshot
+
+
+def test_timm_hub_snapshot_loads_through_the_registry(offline_hub) -> None:
+    """timm/focalnet_tiny_srf.ms_in1k as `hf download` caches it: timm's own config.json (no model_type),
+    timm-layout weights. The registry supplies the config, the flags and the label names."""
+    config = focalnet.FocalNetConfig.from_preset("focalnet-tiny")
+    timm_model = randomize_(timm.create_model("focalnet_tiny_srf", num_classes=1000)).eval()
+    snapshot = _cache_snapshot(offline_hub, "timm/focalnet_tiny_srf.ms_in1k")
+    save_file(timm_model.state_dict(), str(snapshot / "model.safetensors"))
+    timm_config = {"architecture": "focalnet_tiny_srf", "num_classes": 1000, "pretrained_cfg": {"tag": "ms_in1k"}}
+    (snapshot / "config.json").write_text(json.dumps(timm_config))
+    loaded = focalnet.FocalNetForImageClassification.from_pretrained("timm/focalnet_tiny_srf", cache_dir=offline_hub)
+    assert loaded.config.to_dict()["depths"] == config.depths and loaded.config.id2label[281] == "tabby, tabby cat"
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert_close(timm_model(pixels), loaded(pixels).logits, what="logits")
+
+
+def test_registry_names_resolve_to_their_hub_repos() -> None:
+    from focalnet.checkpoints import _hub_repo
+
+    tiny = find_checkpoint("focalnet-tiny")
+    assert _hub_repo("focalnet-tiny", tiny) == "microsoft/focalnet-tiny"
+    assert _hub_repo("timm/focalnet_tiny_srf", tiny) == "timm/focalnet_tiny_srf.ms_in1k"
+    assert _hub_repo("timm/focalnet_tiny_srf.ms_in1k", tiny) == "timm/focalnet_tiny_srf.ms_in1k"
+    assert _hub_repo("microsoft/focalnet-tiny", tiny) == "microsoft/focalnet-tiny"
+    with pytest.raises(FileNotFoundError, match=r"focalnet_tiny_iso_16\.pth"):
+        _hub_repo("focalnet-tiny-iso", find_checkpoint("focalnet-tiny-iso"))

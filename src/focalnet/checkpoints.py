@@ -215,7 +215,7 @@ def resolve(source: str | os.PathLike, config_overrides: dict[str, Any], **hub_k
             )
         from .hub import download_checkpoint
 
-        path = download_checkpoint(entry.hf_hub_id or entry.timm_hub_id if entry else str(source), **hub_kwargs)
+        path = download_checkpoint(_hub_repo(str(source), entry), **hub_kwargs)
     file_config = None
     if path.is_dir():
         raw = _weights_in_directory(path)
@@ -309,6 +309,23 @@ def _check_fits(config: FocalNetConfig, inferred: dict[str, Any], source: str) -
         f"the config does not match the weights of {source} ({'; '.join(wrong)}); "
         "fix config.json or pass the right values to from_pretrained"
     )
+
+
+def _hub_repo(source: str, entry: Checkpoint | None) -> str:
+    """The hub repository to fetch: the id as given, or the one a registry name points to."""
+    if entry is None:
+        return source
+    if source.startswith("timm/") and entry.timm_hub_id:
+        return entry.timm_hub_id  # adds the tag a bare timm name leaves out
+    if source != entry.name:
+        return source
+    repo = entry.hf_hub_id or entry.timm_hub_id
+    if repo is None:
+        raise FileNotFoundError(
+            f"{entry.name} is published only as the original release file {entry.original_file}; "
+            "download it from the authors' release and pass its path"
+        )
+    return repo
 
 
 def _looks_like_hub_id(text: str) -> bool:
