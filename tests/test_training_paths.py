@@ -83,12 +83,19 @@ def test_weight_init_follows_transformers() -> None:
 def test_compile_fullgraph_static_and_dynamic() -> None:
     """Dynamo captures the whole model (no graph breaks), across input sizes without a recompile per size."""
     torch._dynamo.reset()
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
     model = randomize_(focalnet.FocalNetForImageClassification(tiny_config())).eval()
-    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="eager")
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=counting_backend)
     with torch.no_grad():
-        for size in [(32, 32), (48, 40), (33, 17), (64, 57)]:
+        for size in [(32, 32), (48, 40), (33, 17), (64, 57), (40, 96)]:
             pixels = torch.randn(2, 3, *size)
             assert_close(model(pixels).logits, compiled(pixels).logits, what=f"{size}")
+    assert len(graphs) <= 2, f"{len(graphs)} graphs for 5 input sizes"
 
 
 @pytest.mark.slow
