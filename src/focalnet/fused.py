@@ -93,10 +93,8 @@ def _scaled(layer: torch.nn.Linear, gamma: torch.Tensor | None) -> tuple[torch.T
 def _context(modulation: FocalModulation, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(query, aggregated context) of the modulation, both channels-last and contiguous."""
     dim, levels = modulation.dim, modulation.focal_level
-    weight, bias = modulation.projection_in.weight, modulation.projection_in.bias
-    query = _linear(normed, weight[:dim], bias[:dim])
-    ctx = _linear(normed, weight[dim : 2 * dim], bias[dim : 2 * dim]).permute(0, 3, 1, 2)
-    gates = F.linear(normed, weight[2 * dim :], bias[2 * dim :]).permute(0, 3, 1, 2)
+    query, ctx, gates = modulation.project_in(normed, product=_linear)
+    ctx, gates = ctx.permute(0, 3, 1, 2), gates.permute(0, 3, 1, 2)
     ctx_all = None
     for level, focal_layer in enumerate(modulation.focal_layers):
         conv = focal_layer[0]

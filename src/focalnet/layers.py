@@ -8,6 +8,8 @@ state dict moves between the two unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -151,7 +153,7 @@ class FocalModulation(nn.Module):
         levels = self.focal_level
         # 1. one linear layer yields the query, the context and L+1 gates (raw, no squashing);
         #    run as three products so each result is a contiguous channels-last tensor
-        query, ctx, gates = self._project_in(x)
+        query, ctx, gates = self.project_in(x)
         ctx = ctx.permute(0, 3, 1, 2)  # NCHW view of channels-last memory, no copy
         gates = gates.permute(0, 3, 1, 2)
         # 2. hierarchical contextualisation: each depthwise conv + GELU sees the previous level
@@ -178,15 +180,18 @@ class FocalModulation(nn.Module):
             return out, modulator.permute(0, 3, 1, 2), gates
         return out, None, None
 
-    def _project_in(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Query, context and gates; three products, so each is contiguous (one for quantised layers)."""
+    def project_in(
+        self, x: torch.Tensor, product: Callable[..., torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, context and gates as three products `product(x, weight, bias)` (default
+        `channel_linear`), so each is contiguous; one product and a split for quantised layers."""
         dim = self.dim
         if type(self.projection_in) is not nn.Linear:
             return self.projection_in(x).split([dim, dim, self.focal_level + 1], dim=-1)
+        product = product or channel_linear
         weight, bias = self.projection_in.weight, self.projection_in.bias
         return tuple(
-            channel_linear(x, weight[rows], bias[rows])
-            for rows in (slice(0, dim), slice(dim, 2 * dim), slice(2 * dim, None))
+            product(x, weight[rows], bias[rows]) for rows in (slice(0, dim), slice(dim, 2 * dim), slice(2 * dim, None))
         )
 
     def extra_repr(self) -> str:
