@@ -70,6 +70,19 @@ def test_new_label_count_replaces_head(tmp_path) -> None:
     assert model.classifier.out_features == 7 and model.config.num_labels == 7
 
 
+def test_new_label_names_replace_head_but_a_wrong_config_does_not(tmp_path) -> None:
+    _hf_classifier().save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="by a new 2-class one"):
+        model = focalnet.FocalNetForImageClassification.from_pretrained(tmp_path, id2label={0: "cat", 1: "dog"})
+    assert model.config.label2id == {"cat": 0, "dog": 1}
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["id2label"] = {str(i): f"class {i}" for i in range(9)}
+    config.pop("label2id", None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"classifier\.weight: checkpoint \(4, 128\) vs model \(9, 128\)"):
+        focalnet.FocalNetForImageClassification.from_pretrained(tmp_path)
+
+
 def test_mismatched_and_damaged_checkpoints_raise(tmp_path) -> None:
     _hf_classifier().save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

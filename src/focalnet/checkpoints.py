@@ -399,8 +399,9 @@ def from_pretrained(
 ) -> FocalNetPreTrainedModel:
     """Build `cls` from any FocalNet checkpoint (see the module docstring); returns it in eval mode.
 
-    Keyword arguments override config fields. A `num_labels` other than the checkpoint's gives a
-    fresh classifier and says so. With `expand_focal=True`, `focal_levels`/`focal_windows` larger
+    Keyword arguments override config fields. A `num_labels` (or `id2label`) other than the
+    checkpoint's gives a fresh classifier and says so; without such an override a head that does
+    not match the config is an error. With `expand_focal=True`, `focal_levels`/`focal_windows` larger
     than the checkpoint's are reached by transferring the weights (`focalnet.transfer`).
     """
     hub_kwargs = {"revision": revision, "cache_dir": cache_dir}
@@ -418,7 +419,9 @@ def from_pretrained(
         state = expand_focal_weights(state, config)
     model = cls(config)
     old_head = state.get("classifier.weight")
-    replaced = hasattr(model, "classifier") and old_head is not None and old_head.shape[0] != config.num_labels
+    relabelled = "num_labels" in config_overrides or "id2label" in config_overrides
+    replaced = relabelled and hasattr(model, "classifier") and old_head is not None
+    replaced = replaced and old_head.shape[0] != config.num_labels
     if replaced:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         warnings.warn(
