@@ -193,6 +193,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focalnet", description="Focal Modulation Networks for PyTorch.")
     parser.add_argument("--version", action="version", version=f"focalnet {__version__}")
@@ -219,9 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="classify images with a pretrained classifier")
     predict.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS", help="image files or directories")
     predict.add_argument("--model", required=True, help="directory, weights file, registry name or hub id")
-    predict.add_argument("--top-k", type=int, default=5)
-    predict.add_argument("--batch-size", type=int, default=8)
-    predict.add_argument("--device", default="cpu")
+    predict.add_argument("--top-k", type=positive_int, default=5, help="labels shown per image (default 5)")
+    predict.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
+    predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     predict.set_defaults(handler=cmd_predict)
