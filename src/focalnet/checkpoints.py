@@ -286,25 +286,14 @@ def _config_from_tensors(
 def _check_fits(config: FocalNetConfig, inferred: dict[str, Any], source: str) -> None:
     """Name every config field that contradicts the tensors (e.g. HF's xlarge config.json)."""
     from_tensors = FocalNetConfig(**{k: v for k, v in inferred.items() if k != "num_labels"})
-    if architecture_signature(config) == architecture_signature(from_tensors):
-        return
-    fields = (
-        "embed_dim",
-        "depths",
-        "focal_levels",
-        "focal_windows",
-        "patch_size_2d",
-        "num_channels",
-        "use_conv_embed",
-        "use_layerscale",
-        "use_post_layernorm_in_modulation",
-        "mlp_ratio",
-    )
+    expected, found = architecture_signature(config), architecture_signature(from_tensors)
     wrong = [
-        f"{name}: config {getattr(config, name)} vs weights {getattr(from_tensors, name)}"
-        for name in fields
-        if getattr(config, name) != getattr(from_tensors, name)
+        f"{name}: config {expected[name]} vs weights {found[name]}"
+        for name in expected
+        if expected[name] != found[name]
     ]
+    if not wrong:
+        return
     raise CheckpointError(
         f"the config does not match the weights of {source} ({'; '.join(wrong)}); "
         "fix config.json or pass the right values to from_pretrained"

@@ -164,17 +164,21 @@ def match_architecture(config: FocalNetConfig) -> Checkpoint | None:
     return None
 
 
-def architecture_signature(config: FocalNetConfig) -> tuple:
-    """What the tensors of a checkpoint determine (everything but pre/post-norm and normalize_modulator)."""
-    return (
-        config.embed_dim,
-        tuple(config.depths),
-        tuple(config.focal_levels),
-        tuple(config.focal_windows),
-        config.patch_size_2d,
-        config.num_channels,
-        config.use_conv_embed,
-        config.use_layerscale,
-        config.use_post_layernorm_in_modulation,
-        config.mlp_ratio,
-    )
+# What the tensors of a checkpoint determine: every field but pre/post-norm and normalize_modulator.
+ARCHITECTURE_FIELDS = (
+    "embed_dim",
+    "depths",
+    "focal_levels",
+    "focal_windows",
+    "patch_size_2d",
+    "num_channels",
+    "use_conv_embed",
+    "use_layerscale",
+    "use_post_layernorm_in_modulation",
+    "mlp_ratio",
+)
+
+
+def architecture_signature(config: FocalNetConfig) -> dict[str, Any]:
+    """The fields of `config` that a checkpoint's tensor shapes fix, by name."""
+    return {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
