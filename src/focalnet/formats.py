@@ -1,4 +1,4 @@
-"""Checkpoint layouts: renaming between HF keys (ours) and timm's (SPEC section 4.3).
+"""Checkpoint layouts: renaming between HF keys (ours), timm's and the original release's (SPEC 4).
 
 timm runs NCHW with 1x1 convolutions where HF has Linear layers, keeps the encoder at the
 top level (no `focalnet.` prefix), and moves each downsample to the START of the next stage.
@@ -6,6 +6,7 @@ top level (no `focalnet.` prefix), and moves each downsample to the START of the
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -13,36 +14,26 @@ import torch
 
 from .configuration import FocalNetConfig
 
-_BLOCK = r"encoder\.stages\.(\d+)\.layers\.(\d+)\."
-_TIMM_BLOCK = r"layers\.(\d+)\.blocks\.(\d+)\."
+# Name templates: `{s}` a stage index, `{b}` a block index, `{n}` a digit. A template matches a key's
+# beginning and the rest of the key is kept, so each table reads in both directions.
+_BLOCK = "encoder.stages.{s}.layers.{b}."
+_OTHER_BLOCK = "layers.{s}.blocks.{b}."  # timm and the original release name blocks alike
+_BLOCK_RE = r"encoder\.stages\.(\d+)\.layers\.(\d+)\."
+_TIMM_BLOCK_RE = r"layers\.(\d+)\.blocks\.(\d+)\."
 
-# (HF pattern, timm replacement) for keys whose stage index does not move.
-_HF_TO_TIMM_SIMPLE = [
-    (r"^embeddings\.patch_embeddings\.projection\.", "stem.proj."),
-    (r"^embeddings\.norm\.", "stem.norm."),
-    (r"^layernorm\.", "norm."),
-    (r"^classifier\.", "head.fc."),
-    (_BLOCK + r"gamma_(\d)$", r"layers.\1.blocks.\2.ls\3.gamma"),
-    (_BLOCK + r"modulation\.projection_in\.", r"layers.\1.blocks.\2.modulation.f."),
-    (_BLOCK + r"modulation\.projection_context\.", r"layers.\1.blocks.\2.modulation.h."),
-    (_BLOCK + r"modulation\.projection_out\.", r"layers.\1.blocks.\2.modulation.proj."),
-    (_BLOCK + r"modulation\.layernorm\.", r"layers.\1.blocks.\2.modulation.norm."),
-    (_BLOCK + r"modulation\.focal_layers\.", r"layers.\1.blocks.\2.modulation.focal_layers."),
-    (_BLOCK + r"mlp\.", r"layers.\1.blocks.\2.mlp."),
-]
-_TIMM_TO_HF_SIMPLE = [
-    (r"^stem\.proj\.", "embeddings.patch_embeddings.projection."),
-    (r"^stem\.norm\.", "embeddings.norm."),
-    (r"^norm\.", "layernorm."),
-    (r"^head\.fc\.", "classifier."),
-    (_TIMM_BLOCK + r"ls(\d)\.gamma$", r"encoder.stages.\1.layers.\2.gamma_\3"),
-    (_TIMM_BLOCK + r"modulation\.f\.", r"encoder.stages.\1.layers.\2.modulation.projection_in."),
-    (_TIMM_BLOCK + r"modulation\.h\.", r"encoder.stages.\1.layers.\2.modulation.projection_context."),
-    (_TIMM_BLOCK + r"modulation\.proj\.", r"encoder.stages.\1.layers.\2.modulation.projection_out."),
-    (_TIMM_BLOCK + r"modulation\.norm\.", r"encoder.stages.\1.layers.\2.modulation.layernorm."),
-    (_TIMM_BLOCK + r"modulation\.focal_layers\.", r"encoder.stages.\1.layers.\2.modulation.focal_layers."),
-    (_TIMM_BLOCK + r"mlp\.", r"encoder.stages.\1.layers.\2.mlp."),
-    (_TIMM_BLOCK + r"norm(\d)(?:_post)?\.", r"encoder.stages.\1.layers.\2.norm\3."),
+# (HF, timm) for keys whose stage index does not move; downsample and block norms are special.
+_TIMM_NAMES = [
+    ("embeddings.patch_embeddings.projection.", "stem.proj."),
+    ("embeddings.norm.", "stem.norm."),
+    ("layernorm.", "norm."),
+    ("classifier.", "head.fc."),
+    (_BLOCK + "gamma_{n}", _OTHER_BLOCK + "ls{n}.gamma"),
+    (_BLOCK + "modulation.projection_in.", _OTHER_BLOCK + "modulation.f."),
+    (_BLOCK + "modulation.projection_context.", _OTHER_BLOCK + "modulation.h."),
+    (_BLOCK + "modulation.projection_out.", _OTHER_BLOCK + "modulation.proj."),
+    (_BLOCK + "modulation.layernorm.", _OTHER_BLOCK + "modulation.norm."),
+    (_BLOCK + "modulation.focal_layers.", _OTHER_BLOCK + "modulation.focal_layers."),
+    (_BLOCK + "mlp.", _OTHER_BLOCK + "mlp."),
 ]
 _HF_DOWNSAMPLE = r"encoder\.stages\.(\d+)\.downsample\.(projection|norm)\.(\w+)$"
 _TIMM_DOWNSAMPLE = r"layers\.(\d+)\.downsample\.(proj|norm)\.(\w+)$"
@@ -52,11 +43,18 @@ _TO_HF_PART = {"proj": "projection", "norm": "norm"}
 _LINEAR_AS_CONV = re.compile(r"(modulation\.(f|proj)|mlp\.fc\d)\.weight$")
 
 
-def _rename(key: str, rules: list[tuple[str, str]]) -> str | None:
-    for pattern, replacement in rules:
-        new_key, count = re.subn(pattern, replacement, key)
-        if count:
-            return new_key
+@functools.cache
+def _template_regex(template: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\\\{(\w)\\\}", r"(?P<\1>\\d+)", re.escape(template)))
+
+
+def _rename(key: str, names: list[tuple[str, str]], to_hf: bool = False) -> str | None:
+    """Rename `key` by the first (HF, other) template pair whose source side it starts with."""
+    for hf_name, other_name in names:
+        source, target = (other_name, hf_name) if to_hf else (hf_name, other_name)
+        match = _template_regex(source).match(key)
+        if match:
+            return target.format(**match.groupdict()) + key[match.end() :]
     return None
 
 
@@ -91,10 +89,10 @@ def hf_to_timm(state: dict[str, torch.Tensor], config: FocalNetConfig) -> dict[s
         moved = _move_downsample(key, _HF_DOWNSAMPLE, "layers.{stage}.downsample.{part}.{param}", _TO_TIMM_PART, 1)
         if moved is not None:
             return moved
-        norm = re.match(_BLOCK + r"norm(\d)\.(\w+)$", key)
+        norm = re.match(_BLOCK_RE + r"norm(\d)\.(\w+)$", key)
         if norm is not None:
             return f"layers.{norm[1]}.blocks.{norm[2]}.norm{norm[3]}{post}.{norm[4]}"
-        return _rename(key, _HF_TO_TIMM_SIMPLE)
+        return _rename(key, _TIMM_NAMES)
 
     def reshape(key: str, value: torch.Tensor) -> torch.Tensor:
         return value[:, :, None, None] if _LINEAR_AS_CONV.search(key) and value.ndim == 2 else value
@@ -108,8 +106,11 @@ def timm_to_hf(state: dict[str, torch.Tensor], prefix: str = "focalnet.") -> dic
     def rename(key: str) -> str | None:
         template = "encoder.stages.{stage}.downsample.{part}.{param}"
         new_key = _move_downsample(key, _TIMM_DOWNSAMPLE, template, _TO_HF_PART, -1)
+        norm = re.match(_TIMM_BLOCK_RE + r"norm(\d)(?:_post)?\.(\w+)$", key)
+        if new_key is None and norm is not None:
+            new_key = f"encoder.stages.{norm[1]}.layers.{norm[2]}.norm{norm[3]}.{norm[4]}"
         if new_key is None:
-            new_key = _rename(key, _TIMM_TO_HF_SIMPLE)
+            new_key = _rename(key, _TIMM_NAMES, to_hf=True)
         if new_key is None or new_key.startswith("classifier."):
             return new_key
         return prefix + new_key
@@ -123,31 +124,19 @@ def timm_to_hf(state: dict[str, torch.Tensor], prefix: str = "focalnet.") -> dic
 
 # ------------------------------------------------------------------------------------------------
 # The original microsoft/FocalNet layout (SPEC section 4.2): HF's tensors under older names.
-_ORIGINAL_TO_HF = [
-    (r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection."),
-    (r"^patch_embed\.norm\.", "embeddings.norm."),
-    (r"^norm\.", "layernorm."),
-    (r"^head\.", "classifier."),
-    (r"^layers\.(\d+)\.downsample\.proj\.", r"encoder.stages.\1.downsample.projection."),
-    (r"^layers\.(\d+)\.downsample\.norm\.", r"encoder.stages.\1.downsample.norm."),
-    (r"^layers\.(\d+)\.blocks\.(\d+)\.modulation\.f\.", r"encoder.stages.\1.layers.\2.modulation.projection_in."),
-    (r"^layers\.(\d+)\.blocks\.(\d+)\.modulation\.h\.", r"encoder.stages.\1.layers.\2.modulation.projection_context."),
-    (r"^layers\.(\d+)\.blocks\.(\d+)\.modulation\.proj\.", r"encoder.stages.\1.layers.\2.modulation.projection_out."),
-    (r"^layers\.(\d+)\.blocks\.(\d+)\.modulation\.ln\.", r"encoder.stages.\1.layers.\2.modulation.layernorm."),
-    (r"^layers\.(\d+)\.blocks\.(\d+)\.", r"encoder.stages.\1.layers.\2."),
-]
-_HF_TO_ORIGINAL = [
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^embeddings\.norm\.", "patch_embed.norm."),
-    (r"^layernorm\.", "norm."),
-    (r"^classifier\.", "head."),
-    (r"^encoder\.stages\.(\d+)\.downsample\.projection\.", r"layers.\1.downsample.proj."),
-    (r"^encoder\.stages\.(\d+)\.downsample\.norm\.", r"layers.\1.downsample.norm."),
-    (_BLOCK + r"modulation\.projection_in\.", r"layers.\1.blocks.\2.modulation.f."),
-    (_BLOCK + r"modulation\.projection_context\.", r"layers.\1.blocks.\2.modulation.h."),
-    (_BLOCK + r"modulation\.projection_out\.", r"layers.\1.blocks.\2.modulation.proj."),
-    (_BLOCK + r"modulation\.layernorm\.", r"layers.\1.blocks.\2.modulation.ln."),
-    (_BLOCK, r"layers.\1.blocks.\2."),
+# (HF, original); the block rule comes last, after the modulation names it would swallow.
+_ORIGINAL_NAMES = [
+    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."),
+    ("embeddings.norm.", "patch_embed.norm."),
+    ("layernorm.", "norm."),
+    ("classifier.", "head."),
+    ("encoder.stages.{s}.downsample.projection.", "layers.{s}.downsample.proj."),
+    ("encoder.stages.{s}.downsample.norm.", "layers.{s}.downsample.norm."),
+    (_BLOCK + "modulation.projection_in.", _OTHER_BLOCK + "modulation.f."),
+    (_BLOCK + "modulation.projection_context.", _OTHER_BLOCK + "modulation.h."),
+    (_BLOCK + "modulation.projection_out.", _OTHER_BLOCK + "modulation.proj."),
+    (_BLOCK + "modulation.layernorm.", _OTHER_BLOCK + "modulation.ln."),
+    (_BLOCK, _OTHER_BLOCK),
 ]
 
 
@@ -155,7 +144,7 @@ def original_to_hf(state: dict[str, torch.Tensor], prefix: str = "focalnet.") ->
     """Original-release state dict -> HF keys (same tensors, new names)."""
 
     def rename(key: str) -> str | None:
-        new_key = _rename(key, _ORIGINAL_TO_HF)
+        new_key = _rename(key, _ORIGINAL_NAMES, to_hf=True)
         return new_key if new_key is None or new_key.startswith("classifier.") else prefix + new_key
 
     return _convert(state, rename, lambda key, value: value)
@@ -164,7 +153,7 @@ def original_to_hf(state: dict[str, torch.Tensor], prefix: str = "focalnet.") ->
 def hf_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF-layout state dict -> the original release's keys."""
     state = {k.removeprefix("focalnet."): v for k, v in state.items()}
-    return _convert(state, lambda key: _rename(key, _HF_TO_ORIGINAL), lambda key, value: value)
+    return _convert(state, lambda key: _rename(key, _ORIGINAL_NAMES), lambda key, value: value)
 
 
 LAYOUTS = ("hf", "timm", "original")
