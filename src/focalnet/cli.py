@@ -9,14 +9,17 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from . import __version__
+from ._io import atomic_write
 from .benchmark import DEFAULT_BATCH_SIZES, DEFAULT_MODES, DEFAULT_PRESETS, MODES
 from .configuration import FocalNetConfig
 from .presets import PRESETS, list_presets
+from .training.trainer import CheckpointCorruptError
 
 T = TypeVar("T")
 
@@ -193,6 +196,81 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# focalnet train / evaluate
+TRAIN_OPTIONS = ("data", "train_list", "val_list", "model", "init_from", "output_dir", "epochs", "batch_size")
+TRAIN_OPTIONS += ("lr", "device", "amp", "workers", "seed")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import load_config, train
+    from .training.trainer import CHECKPOINT_NAME, read_checkpoint
+
+    overrides = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None}
+    overrides.update(parse_overrides(args.set))
+    resume = args.resume
+    if resume is True:
+        output_dir = overrides.get("output_dir")
+        if output_dir is None and args.config is not None:
+            output_dir = load_config(args.config, recipe=args.recipe).output_dir
+        if output_dir is None:
+            raise ValueError("--resume without a path needs --output-dir or --config to find the run")
+        resume = str(Path(output_dir) / CHECKPOINT_NAME)
+    if resume and args.config is None and args.recipe is None:
+        # Continue the run as it was configured, with the command line's changes on top.
+        saved = read_checkpoint(resume)["config"]
+        config = load_config(overrides={**saved, **overrides, "recipe": "finetune"})
+    else:
+        config = load_config(args.config, overrides, recipe=args.recipe)
+    history = train(config, resume=resume, overwrite=args.overwrite)
+    if history:
+        best = max(row["val_acc1"] for row in history)
+        print(f"done: {len(history)} epochs, last val top-1 {history[-1]['val_acc1']:.2f}%, best {best:.2f}%")
+        print(f"model: {Path(config.output_dir) / 'model'}  metrics: {Path(config.output_dir) / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .training.evaluation import evaluate_checkpoint
+    from .training.plots import plot_confusion_matrix
+
+    result, class_names = evaluate_checkpoint(
+        args.model,
+        data=args.data,
+        list_file=args.list,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        amp=args.amp,
+        workers=args.workers,
+        progress=progress,
+    )
+    per_class = result.per_class_accuracy
+    report = {**result.summary(), "per_class_accuracy": dict(zip(class_names, per_class, strict=True))}
+    output_dir = Path(args.output_dir)
+    with atomic_write(output_dir / "evaluation.json") as handle:
+        json.dump({**report, "confusion_matrix": result.confusion.tolist()}, handle, indent=1)
+    plot_confusion_matrix(result.confusion, class_names, output_dir / "confusion_matrix.png")
+    print(f"images {result.count}  top-1 {result.acc1:.2f}%  top-5 {result.acc5:.2f}%  loss {result.loss:.4f}")
+    if result.skipped:
+        print(f"{result.skipped} unreadable images skipped", file=sys.stderr)
+    shown = [(name, acc) for name, acc in zip(class_names, per_class, strict=True) if acc is not None]
+    for name, acc in shown[: args.show_classes]:
+        print(f"  {acc:7.2%}  {name}")
+    if len(shown) > args.show_classes:
+        print(f"  ... {len(shown) - args.show_classes} more classes in {output_dir / 'evaluation.json'}")
+    print(f"wrote {output_dir / 'evaluation.json'} and {output_dir / 'confusion_matrix.png'}")
+    return 0
+
+
+def cmd_export_digits(args: argparse.Namespace) -> int:
+    from .training.data import export_digits
+
+    written = export_digits(args.directory, args.count, args.split)
+    print(f"wrote {len(written)} digit images to {args.directory}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -233,6 +311,52 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     predict.set_defaults(handler=cmd_predict)
 
+    train = commands.add_parser("train", help="train or fine-tune a classifier (torchrun for several processes)")
+    train.add_argument("--config", help="YAML file of training settings (see configs/)")
+    train.add_argument("--recipe", help="starting recipe: imagenet, finetune (default) or demo")
+    train.add_argument("--data", help="'digits' or a directory with train/ and val/ class folders")
+    train.add_argument("--train-list", help="CSV/JSON list of (path, label) for training")
+    train.add_argument("--val-list", help="CSV/JSON list of (path, label) for validation")
+    train.add_argument("--model", help="preset name, or a checkpoint to start from")
+    train.add_argument("--init-from", help="initialise from this checkpoint (new head when the classes differ)")
+    train.add_argument("--output-dir", help="where checkpoints, metrics and the final model go")
+    train.add_argument("--epochs", type=positive_int)
+    train.add_argument("--batch-size", type=positive_int, help="global batch size")
+    train.add_argument("--lr", type=float)
+    train.add_argument("--device", help="auto (default), cpu, cuda, ...")
+    train.add_argument("--amp", choices=["none", "bf16", "fp16"])
+    train.add_argument("--workers", type=int, help="data-loading processes per training process")
+    train.add_argument("--seed", type=int)
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="CHECKPOINT",
+        help="continue the run in --output-dir (or from CHECKPOINT)",
+    )
+    train.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that holds a run")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix")
+    evaluate.add_argument("--model", required=True, help="directory, weights file, registry name or hub id")
+    evaluate.add_argument("--data", help="'digits', or a class-folder directory (DIR/<split> if it exists)")
+    evaluate.add_argument("--list", help="CSV/JSON list of (path, label)")
+    evaluate.add_argument("--split", default="val", help="sub-directory (or digits split) to use (default val)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=64)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    evaluate.add_argument("--workers", type=int, default=0)
+    evaluate.add_argument("--output-dir", default="evaluation", help="where evaluation.json and the PNG go")
+    evaluate.add_argument("--show-classes", type=int, default=20, help="per-class lines printed (default 20)")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    export = commands.add_parser("export-digits", help="write held-out scikit-learn digits as PNG files")
+    export.add_argument("directory")
+    export.add_argument("--count", type=positive_int, default=8)
+    export.add_argument("--split", choices=["train", "val"], default="val")
+    export.set_defaults(handler=cmd_export_digits)
+
     bench = commands.add_parser("benchmark", help="speed and memory against transformers and timm, same weights")
     bench.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS), choices=list_presets(), metavar="NAME")
     bench.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES, help="(default: %(default)s)")
@@ -251,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: Any = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, CheckpointCorruptError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

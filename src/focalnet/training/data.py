@@ -1,0 +1,305 @@
+"""Datasets, transforms and the resumable sampler of `focalnet train` / `focalnet evaluate`.
+
+Samples are addressed as (index, seed) pairs: the sampler draws the order and a seed per
+sample from (run seed, epoch), and the dataset seeds its random augmentation with it. The
+augmentation a sample gets therefore depends on neither the number of processes nor the
+data-loader workers, which is what makes 1-process and N-process runs, and resumed and
+uninterrupted runs, see identical batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .config import TrainConfig
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def _vision():
+    try:
+        from PIL import Image
+        from torchvision.transforms import v2
+    except ImportError as error:
+        raise ImportError("training needs Pillow and torchvision: pip install 'focalnet[train]'") from error
+    return Image, v2
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources: a list of (loader, label) with class names
+@dataclass
+class LabelledImages:
+    """What a data source yields: one `load()` callable per sample, its label, and the class names."""
+
+    loaders: list[Callable[[], Any]]
+    labels: list[int]
+    classes: list[str]
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _file_loader(path: Path) -> Callable[[], Any]:
+    def load() -> Any:
+        Image, _ = _vision()
+        with Image.open(path) as image:
+            return image.convert("RGB")
+
+    return load
+
+
+def image_folder(root: str | Path) -> LabelledImages:
+    """An ImageFolder tree: one sub-directory per class (sorted names are the class indices)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"{root} has no class sub-directories (expected {root}/<class>/<image>)")
+    loaders, labels, names = [], [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                loaders.append(_file_loader(path))
+                labels.append(label)
+                names.append(str(path))
+    if not labels:
+        raise ValueError(f"{root} holds no images with suffixes {sorted(IMAGE_SUFFIXES)}")
+    return LabelledImages(loaders, labels, classes, names)
+
+
+def image_list(path: str | Path, classes: Sequence[str] | None = None) -> LabelledImages:
+    """A CSV (`path,label` with an optional header) or JSON ([{"path", "label"}] or [[path, label]]) list.
+
+    Labels may be integers or class names; relative paths are taken from the list's directory.
+    Pass `classes` to reuse the training list's class order for a validation list.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image list {path} does not exist")
+    if path.suffix.lower() == ".json":
+        rows = json.loads(path.read_text(encoding="utf-8-sig"))
+        rows = [(r["path"], r["label"]) if isinstance(r, dict) else tuple(r) for r in rows]
+    else:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = [tuple(r[:2]) for r in csv.reader(handle) if r and not r[0].startswith("#")]
+        if rows and rows[0][0].strip().lower() == "path":
+            rows = rows[1:]
+    if not rows:
+        raise ValueError(f"image list {path} is empty")
+    raw = [str(label).strip() for _, label in rows]
+    if classes is None:
+        numeric = all(re.fullmatch(r"\d+", label) for label in raw)
+        classes = [str(i) for i in range(max(map(int, raw)) + 1)] if numeric else sorted(set(raw))
+    index = {name: i for i, name in enumerate(classes)}
+    labels = []
+    for label in raw:
+        if label not in index:
+            raise ValueError(f"{path}: label {label!r} is not among the classes {list(classes)[:10]}...")
+        labels.append(index[label])
+    files = [path.parent / p for p, _ in rows]
+    return LabelledImages([_file_loader(f) for f in files], labels, list(classes), [str(f) for f in files])
+
+
+def digits(split: str, val_fraction: float = 0.2, split_seed: int = 0) -> LabelledImages:
+    """scikit-learn's 1797 handwritten digits (8x8, 16 grey levels) as RGB images, with a
+    stratified train/val split fixed by `split_seed`."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise ImportError("the digits demo needs scikit-learn: pip install 'focalnet[demo]'") from error
+    Image, _ = _vision()
+    bunch = load_digits()
+    pixels = (torch.from_numpy(bunch.images) * (255 / 16)).round().to(torch.uint8)
+    targets = torch.from_numpy(bunch.target).long()
+    generator = torch.Generator().manual_seed(split_seed)
+    chosen: list[int] = []
+    for label in range(10):  # stratified: the same share of every class is held out
+        members = (targets == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        count = round(len(members) * val_fraction)
+        chosen += (members[:count] if split == "val" else members[count:]).tolist()
+    chosen.sort()
+
+    def loader(i: int) -> Callable[[], Any]:
+        return lambda: Image.fromarray(pixels[i].numpy(), mode="L").convert("RGB")
+
+    return LabelledImages(
+        [loader(i) for i in chosen],
+        [int(targets[i]) for i in chosen],
+        [str(d) for d in range(10)],
+        [f"digit-{i}" for i in chosen],
+    )
+
+
+def load_source(config: TrainConfig, split: str, classes: Sequence[str] | None = None) -> LabelledImages:
+    """The training or validation images named by the config."""
+    listed = config.train_list if split == "train" else config.val_list
+    if listed:
+        return image_list(listed, classes)
+    if config.data is None:
+        raise ValueError(f"no {split} data: set `data` (a directory or 'digits') or `{split}_list`")
+    if config.data == "digits":
+        return digits(split, config.val_fraction, config.split_seed)
+    source = image_folder(Path(config.data) / split)
+    if classes is not None and source.classes != list(classes):
+        raise ValueError(f"{config.data}/{split} has classes {source.classes}, but training has {list(classes)}")
+    return source
+
+
+# ------------------------------------------------------------------------------------------------
+# Transforms
+def rand_augment_options(spec: str) -> dict[str, int]:
+    """timm's "rand-m9-n2-mstd0.5-inc1" as torchvision RandAugment arguments (m and n; the
+    magnitude noise `mstd` and `inc` have no torchvision counterpart and are ignored)."""
+    parts = spec.split("-")
+    if parts[0] != "rand":
+        raise ValueError(f"rand_augment must look like 'rand-m9-mstd0.5-inc1', got {spec!r}")
+    options = {"magnitude": 9, "num_ops": 2}
+    for part in parts[1:]:
+        if re.fullmatch(r"m\d+", part):
+            options["magnitude"] = int(part[1:])
+        elif re.fullmatch(r"n\d+", part):
+            options["num_ops"] = int(part[1:])
+    return options
+
+
+def train_transform(config: TrainConfig) -> Callable[[Any], torch.Tensor]:
+    """Random resized crop, flip, RandAugment, tensor, normalise, random erasing (torchvision v2)."""
+    _, v2 = _vision()
+    interpolation = v2.InterpolationMode(config.interpolation)
+    steps = [
+        v2.RandomResizedCrop(config.image_size, config.crop_scale, config.crop_ratio, interpolation, antialias=True)
+    ]
+    if config.hflip:
+        steps.append(v2.RandomHorizontalFlip(config.hflip))
+    if config.rand_augment:
+        steps.append(v2.RandAugment(**rand_augment_options(config.rand_augment), interpolation=interpolation))
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)]
+    if config.random_erasing:
+        steps.append(v2.RandomErasing(config.random_erasing))
+    return v2.Compose(steps)
+
+
+def eval_processor(config: TrainConfig):
+    """The deterministic evaluation pipeline, as the `FocalNetImageProcessor` saved with the model
+    (so `focalnet predict` and `focalnet evaluate` see exactly what validation saw)."""
+    from ..image_processing import FocalNetImageProcessor
+
+    return FocalNetImageProcessor(
+        crop_pct=config.crop_pct,
+        crop_size=config.image_size,
+        resample=config.interpolation,
+        image_mean=list(config.mean),
+        image_std=list(config.std),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Dataset and sampler
+class ImageDataset(Dataset):
+    """Loads and transforms one (index, seed) sample; unreadable images give None (see `collate`)."""
+
+    def __init__(self, source: LabelledImages, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.source = source
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int] | None:
+        index, seed = item
+        try:
+            image = self.source.loaders[index]()
+        except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on broken files
+            warnings.warn(f"skipping unreadable image {self.source.names[index]}: {error}", stacklevel=1)
+            return None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), self.source.labels[index]
+
+
+def collate(samples: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the readable samples; the third item counts the unreadable ones that were dropped."""
+    good = [s for s in samples if s is not None]
+    skipped = len(samples) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    return torch.stack([s[0] for s in good]), torch.tensor([s[1] for s in good]), skipped
+
+
+class ShardedSampler(Sampler[tuple[int, int]]):
+    """Epoch-seeded order split into global batches, each cut into one contiguous slice per rank.
+
+    Training (`shuffle=True`) drops the last incomplete global batch, so every optimiser step
+    sees the same samples whatever the number of processes; `start_batch` resumes mid-epoch.
+    Evaluation (`shuffle=False`) gives rank r every world-th sample, none twice, none dropped.
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, rank: int = 0, world: int = 1, shuffle: bool = True, seed: int = 0
+    ) -> None:
+        if shuffle and batch_size % world:
+            raise ValueError(f"the global batch {batch_size} must be divisible by the {world} processes")
+        if shuffle and size < batch_size:
+            raise ValueError(f"the training set ({size} images) is smaller than one global batch ({batch_size})")
+        self.size, self.batch_size, self.rank, self.world = size, batch_size, rank, world
+        self.shuffle, self.seed = shuffle, seed
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.size // self.batch_size
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // self.world if self.shuffle else self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if not self.shuffle:
+            yield from ((i, 0) for i in range(self.rank, self.size, self.world))
+            return
+        order = torch.randperm(self.size, generator=generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
+        local = self.local_batch_size
+        for batch in range(self.start_batch, self.batches_per_epoch):
+            first = batch * self.batch_size + self.rank * local
+            yield from zip(order[first : first + local], seeds[first : first + local], strict=True)
+
+    def __len__(self) -> int:
+        if not self.shuffle:
+            return len(range(self.rank, self.size, self.world))
+        return (self.batches_per_epoch - self.start_batch) * self.local_batch_size
+
+
+def export_digits(directory: str | Path, count: int = 8, split: str = "val") -> list[Path]:
+    """Write the first `count` digits of a split as PNG files named `<n>-label<d>.png` (for trying
+    `focalnet predict` on images the model did not train on)."""
+    source = digits(split)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    from .._io import atomic_path
+
+    written = []
+    for n in range(min(count, len(source))):
+        path = directory / f"{n:02d}-label{source.classes[source.labels[n]]}.png"
+        with atomic_path(path) as tmp:
+            source.loaders[n]().save(tmp, format="PNG")
+        written.append(path)
+    return written

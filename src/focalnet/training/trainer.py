@@ -1,0 +1,470 @@
+"""The training loop behind `focalnet train`: one process or many under `torchrun`, resumable.
+
+A run writes into `output_dir`:
+* `checkpoint-last.pt` - everything needed to continue (model, optimiser, scheduler, grad
+  scaler, EMA, position in the epoch, every process's RNG), replaced atomically;
+* `metrics.jsonl` - one line per finished epoch; `curves.png`; TensorBoard logs when installed;
+* `model/` - the final weights in HF layout with the evaluation preprocessing
+  (`focalnet predict`/`evaluate` and `transformers` read it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .._io import atomic_path, atomic_write
+from ..modeling import FocalNetForImageClassification
+from . import distributed
+from .config import TrainConfig
+from .data import ImageDataset, ShardedSampler, collate, eval_processor, load_source, train_transform
+from .evaluation import Evaluation, autocast, evaluate
+from .optim import build_ema, build_optimizer, warmup_cosine
+
+CHECKPOINT_NAME = "checkpoint-last.pt"
+CHECKPOINT_FORMAT = "focalnet-training-checkpoint/1"
+
+
+class CheckpointCorruptError(RuntimeError):
+    """A resume checkpoint that cannot be read; it is left untouched."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Model set-up
+def paper_drop_path(model_name: str) -> float:
+    """The paper's stochastic depth for a preset: T 0.2, S 0.3, B and larger 0.5 (others 0.1)."""
+    for size, rate in (("tiny", 0.2), ("small", 0.3), ("base", 0.5), ("large", 0.5), ("huge", 0.5)):
+        if size in model_name:
+            return rate
+    return 0.1
+
+
+def build_model(config: TrainConfig, classes: list[str]) -> FocalNetForImageClassification:
+    """A classifier for `classes`: from `init_from` (new head when the classes differ) or a preset."""
+    from ..presets import PRESETS
+
+    labels = {"num_labels": len(classes), "id2label": dict(enumerate(classes))}
+    drop_path = config.drop_path_rate if config.drop_path_rate is not None else paper_drop_path(config.model)
+    overrides = {**config.model_overrides, **labels, "drop_path_rate": drop_path}
+    source = config.init_from or (None if config.model in PRESETS else config.model)
+    if source is not None:
+        model = FocalNetForImageClassification.from_pretrained(source, **overrides)
+    else:
+        from ..configuration import FocalNetConfig
+
+        model = FocalNetForImageClassification(FocalNetConfig.from_preset(config.model, **overrides))
+    freeze(model, config)
+    return model.train()
+
+
+def freeze(model: FocalNetForImageClassification, config: TrainConfig) -> None:
+    """Stop gradients to the backbone (`freeze_backbone`) or to the stem and first N stages."""
+    if config.freeze_stages > model.config.num_stages:
+        raise ValueError(f"freeze_stages={config.freeze_stages} but the model has {model.config.num_stages} stages")
+    frozen: list[nn.Module] = []
+    if config.freeze_backbone:
+        frozen.append(model.focalnet)
+    elif config.freeze_stages:
+        frozen += [model.focalnet.embeddings, *model.focalnet.encoder.stages[: config.freeze_stages]]
+    for module in frozen:
+        module.requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Progress that a checkpoint carries
+@dataclass
+class Progress:
+    epoch: int = 0
+    """The epoch in progress (0-based)."""
+    batch: int = 0
+    """Global batches of that epoch already trained."""
+    step: int = 0
+    """Optimiser steps taken in the whole run."""
+    loss_sum: float = 0.0
+    images: float = 0.0
+    skipped: float = 0.0
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def start_epoch(self) -> None:
+        self.loss_sum = self.images = self.skipped = self.seconds = 0.0
+        self.batch = 0
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a training checkpoint (weights-only unpickling); a damaged file raises
+    `CheckpointCorruptError` naming it, and is neither changed nor removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no training checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointCorruptError(
+            f"cannot resume: {path} is not a readable training checkpoint ({type(error).__name__}: {error}). "
+            "The file was left as it is; resume from another checkpoint, or start over with --overwrite."
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointCorruptError(f"cannot resume: {path} is not a focalnet training checkpoint")
+    return checkpoint
+
+
+# ------------------------------------------------------------------------------------------------
+class Trainer:
+    """Builds everything from a `TrainConfig` and runs (or resumes) the epochs."""
+
+    def __init__(self, config: TrainConfig, processes: distributed.Processes) -> None:
+        self.config = config
+        self.processes = processes
+        self.device = processes.device
+        self.output_dir = Path(config.output_dir)
+        self._check_batch_split()
+
+        torch.manual_seed(config.seed + processes.rank)
+        random.seed(config.seed + processes.rank)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+
+        self.train_source = load_source(config, "train")
+        self.classes = self.train_source.classes
+        self.val_source = load_source(config, "val", self.classes)
+        self.processor = eval_processor(config)
+        self.sampler = ShardedSampler(
+            len(self.train_source), config.batch_size, processes.rank, processes.world, seed=config.seed
+        )
+        self.model = build_model(config, self.classes).to(self.device)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        if config.max_train_batches is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.max_train_batches)
+        lr = config.lr * (config.batch_size / config.lr_scale_batch if config.lr_scale_batch is not None else 1.0)
+        self.optimizer = build_optimizer(self.model, lr, config.weight_decay, config.layer_decay, config.betas)
+        schedule = warmup_cosine(
+            total_steps=config.epochs * self.steps_per_epoch,
+            warmup_steps=round(config.warmup_epochs * self.steps_per_epoch),
+            base_lr=lr,
+            warmup_lr=min(config.warmup_lr, lr),
+            min_lr=min(config.min_lr, lr),
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.ema = build_ema(self.model, config.ema_decay) if config.ema_decay else None
+        self.progress = Progress()
+        self.mix = self._batch_mixing()
+        self.network: nn.Module = self.model
+        self._writer = None
+
+    def _check_batch_split(self) -> None:
+        config, world = self.config, self.processes.world
+        if config.batch_size % (world * config.accum_steps):
+            raise ValueError(
+                f"batch_size {config.batch_size} must split evenly into {world} process(es) x "
+                f"{config.accum_steps} accumulation step(s); change batch_size or accum_steps"
+            )
+
+    def _batch_mixing(self):
+        """MixUp and/or CutMix on whole batches (torchvision v2), or None."""
+        if not (self.config.mixup or self.config.cutmix):
+            return None
+        from torchvision.transforms import v2
+
+        choices = []
+        if self.config.mixup:
+            choices.append(v2.MixUp(alpha=self.config.mixup, num_classes=len(self.classes)))
+        if self.config.cutmix:
+            choices.append(v2.CutMix(alpha=self.config.cutmix, num_classes=len(self.classes)))
+        return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / CHECKPOINT_NAME
+
+    def save_checkpoint(self) -> None:
+        """Every process's RNG is gathered; rank 0 writes the file atomically."""
+        rng = [_rng_state()]
+        if self.processes.world > 1:
+            rng = [None] * self.processes.world
+            torch.distributed.all_gather_object(rng, _rng_state())
+        if not self.processes.is_main:
+            return
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "classes": self.classes,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "progress": vars(self.progress),
+            "rng": rng,
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        checkpoint = read_checkpoint(path)
+        if checkpoint["classes"] != self.classes:
+            raise ValueError(f"{path} was trained on classes {checkpoint['classes'][:10]}..., the data has others")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.ema is not None and checkpoint["ema"] is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+        self.progress = Progress(**checkpoint["progress"])
+        states = checkpoint["rng"]
+        if len(states) != self.processes.world:
+            warnings.warn(
+                f"{path} was written by {len(states)} process(es), this run has {self.processes.world}: "
+                "random augmentation and drop path will not repeat exactly",
+                stacklevel=2,
+            )
+        _set_rng_state(states[self.processes.rank % len(states)])
+
+    # -- the run -------------------------------------------------------------------------------
+    def fit(self, resume: str | Path | None = None) -> list[dict[str, Any]]:
+        if resume is not None:
+            self.load_checkpoint(resume)
+        if self.processes.world > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.config.compile:
+            self.network = torch.compile(self.network)
+        self._open_tensorboard()
+        while self.progress.epoch < self.config.epochs:
+            self.train_epoch()
+            evaluation = self.validate()
+            self.finish_epoch(evaluation)
+        if self.processes.is_main:
+            self.save_model()
+        return self.progress.history
+
+    def _loader(self, dataset: ImageDataset, sampler, batch_size: int) -> DataLoader:
+        # Its own generator, so creating the iterator draws nothing from the global RNG.
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.config.workers,
+            generator=torch.Generator(),
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def train_epoch(self) -> None:
+        config, progress = self.config, self.progress
+        self.sampler.set_epoch(progress.epoch, progress.batch)
+        micro_batch = config.batch_size // (self.processes.world * config.accum_steps)
+        loader = self._loader(ImageDataset(self.train_source, train_transform(config)), self.sampler, micro_batch)
+        self.network.train()
+        remaining = (self.steps_per_epoch - progress.batch) * config.accum_steps
+        started = time.perf_counter()
+        bar = self._progress_bar(remaining, f"epoch {progress.epoch + 1}/{config.epochs}")
+        for micro, (images, labels, skipped) in enumerate(loader):
+            if micro >= remaining:
+                break
+            last_micro = (micro + 1) % config.accum_steps == 0
+            loss, count = self._forward_backward(images, labels, sync=last_micro)
+            progress.loss_sum += loss * count
+            progress.images += count
+            progress.skipped += skipped
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.optimizer.param_groups[-1]['lr']:.2e}")
+            if not last_micro:
+                continue
+            self._optimizer_step()
+            progress.batch += 1
+            progress.step += 1
+            mid_epoch = progress.batch < self.steps_per_epoch
+            if config.checkpoint_every and progress.step % config.checkpoint_every == 0 and mid_epoch:
+                progress.seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                self.save_checkpoint()
+        progress.seconds += time.perf_counter() - started
+        if bar is not None:
+            bar.close()
+
+    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor, sync: bool) -> tuple[float, int]:
+        """One micro-batch; an all-unreadable one still takes part (weight 0) so processes stay in step."""
+        count = len(labels)
+        if count == 0:
+            size = self.config.image_size
+            images = torch.zeros(1, len(self.config.mean), size, size)
+            labels = torch.zeros(1, dtype=torch.long)
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = labels
+        if self.mix is not None and count > 1:
+            images, targets = self.mix(images, labels)
+        no_sync = getattr(self.network, "no_sync", None)
+        context = no_sync() if no_sync is not None and not sync else contextlib.nullcontext()
+        with context:
+            with autocast(self.device, self.config.amp):
+                logits = self.network(images).logits
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.config.label_smoothing)
+            weight = (1.0 if count else 0.0) / self.config.accum_steps
+            self.scaler.scale(loss * weight).backward()
+        return loss.item(), count
+
+    def _optimizer_step(self) -> None:
+        if self.config.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def validate(self) -> Evaluation:
+        sampler = ShardedSampler(len(self.val_source), 1, self.processes.rank, self.processes.world, shuffle=False)
+        dataset = ImageDataset(self.val_source, lambda image: self.processor(image)["pixel_values"][0])
+        loader = self._loader(dataset, sampler, self.config.eval_batch_size or self.config.batch_size)
+        batches = loader
+        bar = self._progress_bar(len(loader), "validate")
+        if bar is not None:
+            batches = _counting(loader, bar)
+        result = evaluate(
+            self.eval_model, batches, len(self.classes), self.processes, self.config.amp, self.config.channels_last
+        )
+        if bar is not None:
+            bar.close()
+        return result
+
+    def finish_epoch(self, evaluation: Evaluation) -> None:
+        progress = self.progress
+        loss_sum, images, skipped, seconds = self.processes.sum(
+            [progress.loss_sum, progress.images, progress.skipped, progress.seconds]
+        )
+        seconds /= self.processes.world
+        row = {
+            "epoch": progress.epoch + 1,
+            "train_loss": loss_sum / max(images, 1),
+            "val_loss": evaluation.loss,
+            "val_acc1": evaluation.acc1,
+            "val_acc5": evaluation.acc5,
+            "lr": self.optimizer.param_groups[-1]["lr"],
+            "images_per_sec": images / seconds if seconds else math.nan,
+            "step": progress.step,
+            "skipped_images": int(skipped + evaluation.skipped),
+        }
+        progress.history.append(row)
+        progress.epoch += 1
+        progress.start_epoch()
+        self.save_checkpoint()
+        if not self.processes.is_main:
+            return
+        self._log(row)
+
+    # -- output --------------------------------------------------------------------------------
+    def _log(self, row: dict[str, Any]) -> None:
+        history = self.progress.history
+        with atomic_write(self.output_dir / "metrics.jsonl") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in history)
+        print(
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+            f"val top-1 {row['val_acc1']:.2f}%  top-5 {row['val_acc5']:.2f}%  "
+            f"{row['images_per_sec']:.1f} img/s"
+            + (f"  ({row['skipped_images']} unreadable images skipped)" if row["skipped_images"] else ""),
+            flush=True,
+        )
+        try:
+            from .plots import plot_curves
+
+            plot_curves(history, self.output_dir / "curves.png")
+        except ImportError:
+            pass
+        if self._writer is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    self._writer.add_scalar(key, value, row["epoch"])
+            self._writer.flush()
+
+    def _open_tensorboard(self) -> None:
+        if not self.processes.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self._writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+
+    def _progress_bar(self, total: int, description: str):
+        if not self.processes.is_main:
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, disable=None)
+
+    def save_model(self) -> Path:
+        """The final weights (the EMA ones when EMA is on), HF layout, with the eval preprocessing."""
+        directory = self.output_dir / "model"
+        model = self.eval_model
+        model.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+        return directory
+
+
+def _counting(batches, bar):
+    for batch in batches:
+        yield batch
+        bar.update(1)
+
+
+def train(config: TrainConfig, resume: str | Path | bool | None = None, overwrite: bool = False) -> list[dict]:
+    """Run (or, with `resume`, continue) training; returns the per-epoch metrics."""
+    processes = distributed.start(config.device)
+    try:
+        output_dir = Path(config.output_dir)
+        last = output_dir / CHECKPOINT_NAME
+        if resume is True:
+            resume = last
+        if not resume and last.exists() and not overwrite:
+            raise FileExistsError(
+                f"{output_dir} already holds a run ({last}); pass --resume to continue it, "
+                "--overwrite to start over, or another --output-dir"
+            )
+        trainer = Trainer(config, processes)
+        return trainer.fit(resume or None)
+    finally:
+        distributed.stop()

@@ -1,0 +1,200 @@
+"""End-to-end runs of `focalnet train` / `evaluate`: learning, resume after a kill, DDP equivalence,
+fine-tuning to other classes, unreadable images and damaged checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from focalnet import FocalNetForImageClassification
+from focalnet.cli import main
+from focalnet.training import load_config, train
+from focalnet.training.data import export_digits
+
+pytest.importorskip("sklearn", reason="the digits runs need scikit-learn (the demo extra)")
+
+TINY_MODEL = {"embed_dim": 16, "depths": [1, 1], "focal_levels": [2, 2], "focal_windows": [3, 3], "patch_size": 2}
+METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_acc1", "val_acc5", "lr", "images_per_sec"}
+
+
+def tiny_run(output_dir: Path, **overrides) -> dict:
+    """Settings of a few-second digits run, as `--set` would give them."""
+    return {"model_overrides": TINY_MODEL, "epochs": 2, "batch_size": 32, "output_dir": str(output_dir), **overrides}
+
+
+def cli_args(settings: dict) -> list[str]:
+    return ["--recipe", "demo", *(f"--set={key}={json.dumps(value)}" for key, value in settings.items())]
+
+
+def run_cli(args: list[str], launcher: list[str] | None = None, **popen) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    command = (launcher or [sys.executable, "-m", "focalnet.cli"]) + ["train", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> str:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, f"exit {process.returncode}\n{out}\n{err}"
+    return out
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "model" / "model.safetensors")
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A shortened demo run (in this process): the demo model, 3 epochs instead of 30."""
+    output_dir = tmp_path_factory.mktemp("demo")
+    settings = {"epochs": 3, "warmup_epochs": 0.5, "output_dir": str(output_dir)}
+    train(load_config(recipe="demo", overrides=settings))
+    return output_dir
+
+
+def test_short_demo_run_learns_and_writes_its_outputs(trained: Path) -> None:
+    rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert all(row.keys() >= METRIC_KEYS for row in rows)
+    assert rows[-1]["val_acc1"] > 50, rows  # chance is 10%
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert (trained / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (trained / "model" / "preprocessor_config.json").is_file()
+
+    # the saved model is a plain HF checkpoint: transformers reads it and agrees with us
+    from transformers import FocalNetForImageClassification as HFClassifier
+
+    ours = FocalNetForImageClassification.from_pretrained(trained / "model")
+    theirs = HFClassifier.from_pretrained(trained / "model").eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(pixels).logits, theirs(pixels).logits, atol=1e-5, rtol=0)
+    assert ours.config.id2label[3] == "3"
+
+
+def test_evaluate_and_predict_on_the_trained_model(trained: Path, tmp_path: Path, capsys) -> None:
+    report_dir = tmp_path / "eval"
+    assert (
+        main(["evaluate", "--model", str(trained / "model"), "--data", "digits", "--output-dir", str(report_dir)]) == 0
+    )
+    report = json.loads((report_dir / "evaluation.json").read_text())
+    last = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
+    assert report["acc1"] == pytest.approx(last["val_acc1"])  # the same preprocessing as validation
+    assert report["loss"] == pytest.approx(last["val_loss"], abs=1e-5)
+    assert report["images"] == 359 and sum(map(sum, report["confusion_matrix"])) == 359
+    assert set(report["per_class_accuracy"]) == {str(d) for d in range(10)}
+    assert (report_dir / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+    samples = export_digits(tmp_path / "samples", count=4)
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "samples"), "--model", str(trained / "model"), "--json"]) == 0
+    predictions = json.loads(capsys.readouterr().out)["predictions"]
+    assert len(predictions) == len(samples)
+
+
+def image_folder_from_digits(root: Path, classes: tuple[str, ...]) -> None:
+    """train/ and val/ class folders of digit PNGs for `classes`, plus one corrupt file in train/."""
+    for split in ("train", "val"):
+        staging = root / f"staging-{split}"
+        for path in export_digits(staging, count=400 if split == "train" else 120, split=split):
+            label = path.stem.split("label")[1]
+            if label in classes:
+                (root / split / f"digit{label}").mkdir(parents=True, exist_ok=True)
+                path.rename(root / split / f"digit{label}" / path.name)
+    (root / "train" / f"digit{classes[0]}" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+
+
+def test_finetune_to_other_classes_with_a_corrupt_image(trained: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    image_folder_from_digits(data, ("0", "1", "7"))
+    output_dir = tmp_path / "finetune"
+    settings = tiny_run(output_dir, data=str(data), init_from=str(trained / "model"), batch_size=16, model_overrides={})
+    with pytest.warns(UserWarning, match="replaced the 10-class classifier"):
+        rows = train(load_config(recipe="finetune", overrides={**load_config(recipe="demo").to_dict(), **settings}))
+    assert rows[-1]["skipped_images"] >= 1  # the broken file was skipped and counted, not fatal
+    model = FocalNetForImageClassification.from_pretrained(output_dir / "model")
+    assert model.config.id2label == {0: "digit0", 1: "digit1", 2: "digit7"}
+    assert rows[-1]["val_acc1"] > 80  # three easy classes, starting from digit features
+
+
+def test_freeze_backbone_trains_only_the_head(trained: Path, tmp_path: Path) -> None:
+    output_dir = tmp_path / "probe"
+    settings = {**load_config(recipe="demo").to_dict(), **tiny_run(output_dir, epochs=1, max_train_batches=3)}
+    settings.update(init_from=str(trained / "model"), freeze_backbone=True, model_overrides={})
+    train(load_config(overrides=settings))
+    before, after = final_weights(trained), final_weights(output_dir)
+    backbone = [k for k in before if not k.startswith("classifier.")]
+    assert all(torch.equal(before[k], after[k]) for k in backbone)
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+
+
+def test_resume_after_kill_mid_epoch_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    common = {"deterministic": True, "checkpoint_every": 10, "drop_path_rate": 0.1, "mixup": 0.2}
+    reference = run_cli(cli_args(tiny_run(tmp_path / "reference", **common)))
+    killed_dir = tmp_path / "killed"
+    victim = run_cli(cli_args(tiny_run(killed_dir, **common)))
+    checkpoint = killed_dir / "checkpoint-last.pt"
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists():
+        assert victim.poll() is None, victim.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    progress = torch.load(checkpoint, weights_only=True)["progress"]
+    assert progress["epoch"] == 0 and progress["batch"] > 0, "the kill should land mid-epoch"
+    assert not (killed_dir / "model").exists()
+
+    finish(run_cli(["--resume", "--output-dir", str(killed_dir)]))
+    finish(reference)
+    assert max_difference(final_weights(killed_dir), final_weights(tmp_path / "reference")) <= 1e-6
+    killed_rows = (killed_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(killed_rows) == 2
+
+
+def test_two_process_gloo_run_equals_one_process(tmp_path: Path) -> None:
+    settings = {"epochs": 1, "max_train_batches": 6, "batch_size": 32, "deterministic": True}
+    single = run_cli(cli_args(tiny_run(tmp_path / "one", **settings)))
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "focalnet.cli",
+    ]
+    finish(run_cli(cli_args(tiny_run(tmp_path / "two", **settings)), launcher=torchrun))
+    finish(single)
+    assert max_difference(final_weights(tmp_path / "one"), final_weights(tmp_path / "two")) <= 1e-5
+    one, two = (json.loads((tmp_path / d / "metrics.jsonl").read_text()) for d in ("one", "two"))
+    assert one["val_acc1"] == two["val_acc1"]  # validation is sharded and summed, not sampled
+    assert one["train_loss"] == pytest.approx(two["train_loss"], abs=1e-5)
+
+
+def test_corrupt_resume_checkpoint_is_reported_and_left_alone(tmp_path: Path, capsys) -> None:
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    damaged = output_dir / "checkpoint-last.pt"
+    damaged.write_bytes(b"PK\x03\x04 truncated zip")
+    assert main(["train", "--resume", "--output-dir", str(output_dir)]) == 2
+    assert "not a readable training checkpoint" in capsys.readouterr().err
+    assert damaged.read_bytes() == b"PK\x03\x04 truncated zip"
+
+    # starting a new run over it needs an explicit choice
+    assert main(["train", *cli_args(tiny_run(output_dir))]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert damaged.read_bytes() == b"PK\x03\x04 truncated zip"
