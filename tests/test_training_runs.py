@@ -198,3 +198,36 @@ def test_corrupt_resume_checkpoint_is_reported_and_left_alone(tmp_path: Path, ca
     assert main(["train", *cli_args(tiny_run(output_dir))]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert damaged.read_bytes() == b"PK\x03\x04 truncated zip"
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path: Path) -> None:
+    settings = {**tiny_run(tmp_path / "full", epochs=1, max_train_batches=3), "drop_path_rate": 0.0}
+    train(load_config(recipe="demo", overrides=settings))
+    settings.update(output_dir=str(tmp_path / "accumulated"), accum_steps=4)
+    train(load_config(recipe="demo", overrides=settings))
+    assert max_difference(final_weights(tmp_path / "full"), final_weights(tmp_path / "accumulated")) <= 1e-5
+
+
+def test_every_recipe_option_runs_together(tmp_path: Path) -> None:
+    """RandAugment, random erasing, MixUp + CutMix, EMA, bf16 autocast, channels_last, layer decay,
+    accumulation and frozen stages in one short run; the saved model is the EMA one."""
+    options = {
+        "rand_augment": "rand-m9-mstd0.5-inc1",
+        "random_erasing": 0.25,
+        "mixup": 0.8,
+        "cutmix": 1.0,
+        "ema_decay": 0.9,
+        "amp": "bf16",
+        "channels_last": True,
+        "layer_decay": 0.8,
+        "accum_steps": 2,
+        "freeze_stages": 1,
+        "drop_path_rate": 0.1,
+    }
+    rows = train(load_config(recipe="demo", overrides=tiny_run(tmp_path, epochs=1, max_train_batches=4, **options)))
+    assert rows[0]["step"] == 4 and torch.isfinite(torch.tensor(rows[0]["train_loss"]))
+    checkpoint = torch.load(tmp_path / "checkpoint-last.pt", weights_only=True)
+    ema = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items() if k.startswith("module.")}
+    saved = final_weights(tmp_path)
+    assert all(torch.equal(saved[k], ema[k]) for k in saved)
+    assert not all(torch.equal(saved[k], checkpoint["model"][k]) for k in saved)

@@ -225,9 +225,12 @@ class ImageDataset(Dataset):
         except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on broken files
             warnings.warn(f"skipping unreadable image {self.source.names[index]}: {error}", stacklevel=1)
             return None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        outer_state = torch.get_rng_state()  # (torch.random.fork_rng would import dynamo: slow start)
+        torch.manual_seed(seed)
+        try:
             return self.transform(image), self.source.labels[index]
+        finally:
+            torch.set_rng_state(outer_state)
 
 
 def collate(samples: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
