@@ -666,3 +666,17 @@ def test_image_list_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
     listing.write_text("path,label\na.png,1\nb.png,0\n", encoding="utf-8-sig")
     source = image_list(listing)
     assert source.classes == ["0", "1"] and source.labels == [1, 0]
+
+
+def test_training_images_are_read_as_prediction_reads_them(tmp_path: Path) -> None:
+    """EXIF orientation and transparency are applied as in `focalnet predict` (shared `load_image`)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 4), (10, 20, 30)).save(tmp_path / "a" / "turned.jpg", exif=exif)
+    Image.new("RGBA", (5, 5), (0, 0, 0, 0)).save(tmp_path / "a" / "clear.png")
+    source = image_folder(tmp_path)
+    turned = source.loaders[source.names.index(str(tmp_path / "a" / "turned.jpg"))]()
+    clear = source.loaders[source.names.index(str(tmp_path / "a" / "clear.png"))]()
+    assert turned.size == (4, 8)
+    assert clear.getpixel((2, 2)) == (255, 255, 255)  # transparent on white, not black

@@ -86,6 +86,10 @@ def _vision() -> tuple[ModuleType, ModuleType, ModuleType]:
 
 # ------------------------------------------------------------------------------------------------
 # Any input -> 8-bit RGB PIL image
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+"""File suffixes taken as images when a directory is searched (prediction, training folders)."""
+
+
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open an image file as an RGB PIL image (EXIF orientation applied, see `to_rgb_image`)."""
     image_module, _, _ = _vision()

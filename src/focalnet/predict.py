@@ -9,11 +9,10 @@ from typing import Any
 
 import torch
 
-from .image_processing import FocalNetImageProcessor
+from .image_processing import IMAGE_SUFFIXES, FocalNetImageProcessor
 from .modeling import FocalNetForImageClassification
 from .registry import find_checkpoint
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 PREPROCESSOR_NAME = "preprocessor_config.json"
 
 

@@ -10,6 +10,7 @@ uninterrupted runs, see identical batches.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 import warnings
@@ -19,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..image_processing import IMAGE_SUFFIXES, FocalNetImageProcessor, load_image
 from .config import TrainConfig
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def _vision():
@@ -50,15 +50,6 @@ class LabelledImages:
         return len(self.labels)
 
 
-def _file_loader(path: Path) -> Callable[[], Any]:
-    def load() -> Any:
-        Image, _ = _vision()
-        with Image.open(path) as image:
-            return image.convert("RGB")
-
-    return load
-
-
 def image_folder(root: str | Path) -> LabelledImages:
     """An ImageFolder tree: one sub-directory per class (sorted names are the class indices)."""
     root = Path(root)
@@ -71,7 +62,7 @@ def image_folder(root: str | Path) -> LabelledImages:
     for label, name in enumerate(classes):
         for path in sorted((root / name).rglob("*")):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                loaders.append(_file_loader(path))
+                loaders.append(functools.partial(load_image, path))
                 labels.append(label)
                 names.append(str(path))
     if not labels:
@@ -109,7 +100,8 @@ def image_list(path: str | Path, classes: Sequence[str] | None = None) -> Labell
             raise ValueError(f"{path}: label {label!r} is not among the classes {list(classes)[:10]}...")
         labels.append(index[label])
     files = [path.parent / p for p, _ in rows]
-    return LabelledImages([_file_loader(f) for f in files], labels, list(classes), [str(f) for f in files])
+    loaders = [functools.partial(load_image, f) for f in files]
+    return LabelledImages(loaders, labels, list(classes), [str(f) for f in files])
 
 
 def digits(split: str, val_fraction: float = 0.2, split_seed: int = 0) -> LabelledImages:
@@ -192,11 +184,9 @@ def train_transform(config: TrainConfig) -> Callable[[Any], torch.Tensor]:
     return v2.Compose(steps)
 
 
-def eval_processor(config: TrainConfig):
+def eval_processor(config: TrainConfig) -> FocalNetImageProcessor:
     """The deterministic evaluation pipeline, as the `FocalNetImageProcessor` saved with the model
     (so `focalnet predict` and `focalnet evaluate` see exactly what validation saw)."""
-    from ..image_processing import FocalNetImageProcessor
-
     return FocalNetImageProcessor(
         crop_pct=config.crop_pct,
         crop_size=config.image_size,
@@ -289,6 +279,36 @@ class ShardedSampler(Sampler[tuple[int, int]]):
         if not self.shuffle:
             return len(range(self.rank, self.size, self.world))
         return (self.batches_per_epoch - self.start_batch) * self.local_batch_size
+
+
+def sample_loader(
+    dataset: ImageDataset, sampler: ShardedSampler, batch_size: int, workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """Batches of (images, labels, unreadable count); the loader has its own generator, so creating
+    an iterator draws nothing from the global RNG (which resumed runs restore exactly)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        generator=torch.Generator(),
+        pin_memory=pin_memory,
+    )
+
+
+def evaluation_loader(
+    source: LabelledImages,
+    processor: FocalNetImageProcessor,
+    batch_size: int,
+    workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Every world-th image of `source` (from `rank`) through the evaluation processor, in order."""
+    sampler = ShardedSampler(len(source), 1, rank, world, shuffle=False)
+    return sample_loader(ImageDataset(source, processor.transform), sampler, batch_size, workers, pin_memory)
 
 
 def export_digits(directory: str | Path, count: int = 8, split: str = "val") -> list[Path]:

@@ -123,11 +123,9 @@ def evaluate_checkpoint(
     file, or "digits"; returns the evaluation and the class names in the data's order."""
     from pathlib import Path
 
-    from torch.utils.data import DataLoader
-
-    from ..image_processing import FocalNetImageProcessor
     from ..modeling import FocalNetForImageClassification
-    from .data import ImageDataset, ShardedSampler, collate, digits, image_folder, image_list
+    from ..predict import processor_for
+    from .data import digits, evaluation_loader, image_folder, image_list
 
     if list_file is not None:
         source = image_list(list_file)
@@ -139,19 +137,9 @@ def evaluate_checkpoint(
     else:
         raise ValueError("give the data to evaluate on: a folder, 'digits', or a list file")
     model = FocalNetForImageClassification.from_pretrained(model_source).to(device).eval()
-    try:
-        processor = FocalNetImageProcessor.from_pretrained(model_source)
-    except (FileNotFoundError, OSError, ValueError):
-        processor = FocalNetImageProcessor(crop_size=model.config.image_size_2d[0])
+    processor = processor_for(model_source, model.config.image_size_2d[0])
     mapping = label_mapping(source.classes, model.config.id2label)
-    dataset = ImageDataset(source, lambda image: processor(image)["pixel_values"][0])
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=ShardedSampler(len(source), 1, shuffle=False),
-        collate_fn=collate,
-        num_workers=workers,
-    )
+    loader = evaluation_loader(source, processor, batch_size, workers)
     batches = progress(loader, "evaluating", total=len(loader)) if progress is not None else loader
     processes = Processes(0, 1, torch.device(device))
     result = evaluate(model, batches, model.config.num_labels, processes, amp, label_map=mapping)

@@ -23,13 +23,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from .._io import atomic_path, atomic_write
 from ..modeling import FocalNetForImageClassification
 from . import distributed
 from .config import TrainConfig
-from .data import ImageDataset, ShardedSampler, collate, eval_processor, load_source, train_transform
+from .data import (
+    ImageDataset,
+    ShardedSampler,
+    eval_processor,
+    evaluation_loader,
+    load_source,
+    sample_loader,
+    train_transform,
+)
 from .evaluation import Evaluation, autocast, evaluate
 from .optim import build_ema, build_optimizer, warmup_cosine
 
@@ -159,6 +166,23 @@ class Trainer:
         self.sampler = ShardedSampler(
             len(self.train_source), config.batch_size, processes.rank, processes.world, seed=config.seed
         )
+        pin_memory = self.device.type == "cuda"
+        self.train_loader = sample_loader(
+            ImageDataset(self.train_source, train_transform(config)),
+            self.sampler,
+            config.batch_size // (processes.world * config.accum_steps),
+            config.workers,
+            pin_memory,
+        )
+        self.val_loader = evaluation_loader(
+            self.val_source,
+            self.processor,
+            config.eval_batch_size or config.batch_size,
+            config.workers,
+            processes.rank,
+            processes.world,
+            pin_memory,
+        )
         self.model = build_model(config, self.classes).to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -269,28 +293,14 @@ class Trainer:
             self.save_model()
         return self.progress.history
 
-    def _loader(self, dataset: ImageDataset, sampler, batch_size: int) -> DataLoader:
-        # Its own generator, so creating the iterator draws nothing from the global RNG.
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=collate,
-            num_workers=self.config.workers,
-            generator=torch.Generator(),
-            pin_memory=self.device.type == "cuda",
-        )
-
     def train_epoch(self) -> None:
         config, progress = self.config, self.progress
         self.sampler.set_epoch(progress.epoch, progress.batch)
-        micro_batch = config.batch_size // (self.processes.world * config.accum_steps)
-        loader = self._loader(ImageDataset(self.train_source, train_transform(config)), self.sampler, micro_batch)
         self.network.train()
         remaining = (self.steps_per_epoch - progress.batch) * config.accum_steps
         started = time.perf_counter()
         bar = self._progress_bar(remaining, f"epoch {progress.epoch + 1}/{config.epochs}")
-        for micro, (images, labels, skipped) in enumerate(loader):
+        for micro, (images, labels, skipped) in enumerate(self.train_loader):
             if micro >= remaining:
                 break
             last_micro = (micro + 1) % config.accum_steps == 0
@@ -355,13 +365,10 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def validate(self) -> Evaluation:
-        sampler = ShardedSampler(len(self.val_source), 1, self.processes.rank, self.processes.world, shuffle=False)
-        dataset = ImageDataset(self.val_source, lambda image: self.processor(image)["pixel_values"][0])
-        loader = self._loader(dataset, sampler, self.config.eval_batch_size or self.config.batch_size)
-        batches = loader
-        bar = self._progress_bar(len(loader), "validate")
+        batches = self.val_loader
+        bar = self._progress_bar(len(batches), "validate")
         if bar is not None:
-            batches = _counting(loader, bar)
+            batches = _counting(batches, bar)
         result = evaluate(
             self.eval_model, batches, len(self.classes), self.processes, self.config.amp, self.config.channels_last
         )
