@@ -17,12 +17,14 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 # The main job: train a small FocalNet on scikit-learn's digits (offline, ~2 min on 2 cores),
-# evaluate it, and classify held-out digit images with it.
+# evaluate it, classify held-out digit images with it, and draw what its modulators look at.
 demo: $(VENV)/.demo-installed
 	$(BIN)/focalnet train --config configs/demo-digits.yaml --output-dir runs/demo --overwrite
 	$(BIN)/focalnet evaluate --model runs/demo/model --data digits --output-dir runs/demo/eval
 	$(BIN)/focalnet export-digits runs/demo/samples --count 6
 	$(BIN)/focalnet predict runs/demo/samples --model runs/demo/model --top-k 3
+	$(BIN)/focalnet visualize runs/demo/samples --model runs/demo/model --output-dir runs/demo/visualize --top-k 3
+	@echo "modulator maps of the demo model: runs/demo/visualize/*.png"
 
 test: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests

@@ -35,16 +35,32 @@ def cli_args(settings: dict) -> list[str]:
     return ["--recipe", "demo", *(f"--set={key}={json.dumps(value)}" for key, value in settings.items())]
 
 
-def run_cli(args: list[str], launcher: list[str] | None = None, **popen) -> subprocess.Popen:
+def run_cli(args: list[str], launcher: list[str] | None = None, command: str = "train", **popen) -> subprocess.Popen:
+    """`focalnet COMMAND ARGS` in a subprocess (one thread), optionally under a launcher such as torchrun."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    command = (launcher or [sys.executable, "-m", "focalnet.cli"]) + ["train", *args]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    command_line = (launcher or [sys.executable, "-m", "focalnet.cli"]) + [command, *args]
+    return subprocess.Popen(command_line, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def finish(process: subprocess.Popen, timeout: float = 240) -> str:
     out, err = process.communicate(timeout=timeout)
     assert process.returncode == 0, f"exit {process.returncode}\n{out}\n{err}"
     return out
+
+
+def wait_and_kill(victim: subprocess.Popen, output_dir: Path) -> None:
+    """SIGKILL a run as soon as it has written its first mid-epoch checkpoint."""
+    checkpoint = output_dir / "checkpoint-last.pt"
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists():
+        assert victim.poll() is None, victim.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    progress = torch.load(checkpoint, weights_only=True)["progress"]
+    assert progress["epoch"] == 0 and progress["batch"] > 0, "the kill should land mid-epoch"
+    assert not (output_dir / "model").exists()
 
 
 def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
@@ -146,17 +162,7 @@ def test_resume_after_kill_mid_epoch_matches_an_uninterrupted_run(tmp_path: Path
     reference = run_cli(cli_args(tiny_run(tmp_path / "reference", **common)))
     killed_dir = tmp_path / "killed"
     victim = run_cli(cli_args(tiny_run(killed_dir, **common)))
-    checkpoint = killed_dir / "checkpoint-last.pt"
-    deadline = time.monotonic() + 180
-    while not checkpoint.exists():
-        assert victim.poll() is None, victim.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate()
-    progress = torch.load(checkpoint, weights_only=True)["progress"]
-    assert progress["epoch"] == 0 and progress["batch"] > 0, "the kill should land mid-epoch"
-    assert not (killed_dir / "model").exists()
+    wait_and_kill(victim, killed_dir)
 
     finish(run_cli(["--resume", "--output-dir", str(killed_dir)]))
     finish(reference)

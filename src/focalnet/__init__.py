@@ -6,6 +6,7 @@ The API mirrors Hugging Face `transformers`; state dicts are interchangeable wit
 from .checkpoints import CheckpointError
 from .configuration import FocalNetConfig
 from .image_processing import FocalNetImageProcessor
+from .masking import MaskGenerator
 from .modeling import (
     FocalNetBackbone,
     FocalNetForImageClassification,
@@ -37,6 +38,7 @@ __all__ = [
     "FocalNetModel",
     "FocalNetModelOutput",
     "FocalNetPreTrainedModel",
+    "MaskGenerator",
     "list_checkpoints",
     "list_presets",
 ]

@@ -406,6 +406,7 @@ def from_pretrained(
 
         config = FocalNetConfig.from_dict(config.to_dict(), **architecture_overrides)
         state = expand_focal_weights(state, config)
+    config = cls.config_for_weights(config, state)
     model = cls(config)
     old_head = state.get("classifier.weight")
     relabelled = "num_labels" in config_overrides or "id2label" in config_overrides
@@ -419,9 +420,11 @@ def from_pretrained(
         )
     report = load_into(model, state, resolved.source)
     if report["newly_initialized"] and not replaced:
+        dropped = report["dropped"]
         warnings.warn(
             f"{type(model).__name__} weights not in {source}, newly initialised: "
-            + _preview(report["newly_initialized"]),
+            + _preview(report["newly_initialized"])
+            + (f"; the encoder was loaded and the source's {_preview(dropped)} dropped" if dropped else ""),
             stacklevel=3,
         )
     model.eval()

@@ -19,6 +19,7 @@ from ._io import atomic_write
 from .benchmark import DEFAULT_BATCH_SIZES, DEFAULT_MODES, DEFAULT_PRESETS, MODES
 from .configuration import FocalNetConfig
 from .presets import PRESETS, list_presets
+from .training.config import RECIPES, TASKS
 from .training.trainer import CheckpointCorruptError
 
 T = TypeVar("T")
@@ -170,6 +171,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# focalnet visualize
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from .predict import find_images
+    from .visualization import visualize_images
+
+    images = find_images(args.inputs)
+    if not images:
+        raise ValueError(f"no image files found in {', '.join(args.inputs)}")
+    written, failures = visualize_images(
+        images,
+        args.model,
+        args.output_dir,
+        blocks=args.blocks,
+        alpha=args.alpha,
+        top_k=args.top_k,
+        device=args.device,
+        seed=args.seed,
+        mask_ratio=args.mask_ratio,
+        mask_patch_size=args.mask_patch_size,
+        cmap=args.cmap,
+    )
+    for path, error in failures:
+        print(f"skipped {path}: {error}", file=sys.stderr)
+    for path in written:
+        print(path)
+    if failures:
+        print(f"{len(failures)} of {len(images)} images could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
 # focalnet benchmark
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import BenchmarkSettings, preset_configs, run_benchmark
@@ -197,8 +230,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------
 # focalnet train / evaluate
-TRAIN_OPTIONS = ("data", "train_list", "val_list", "model", "init_from", "output_dir", "epochs", "batch_size")
-TRAIN_OPTIONS += ("lr", "device", "amp", "workers", "seed")
+TRAIN_OPTIONS = ("task", "data", "train_list", "val_list", "model", "init_from", "output_dir", "epochs")
+TRAIN_OPTIONS += ("batch_size", "lr", "device", "amp", "workers", "seed", "mask_patch_size", "mask_ratio")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -223,8 +256,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides, recipe=args.recipe)
     history = train(config, resume=resume, overwrite=args.overwrite)
     if history:
-        best = max(row["val_acc1"] for row in history)
-        print(f"done: {len(history)} epochs, last val top-1 {history[-1]['val_acc1']:.2f}%, best {best:.2f}%")
+        last = history[-1]
+        if "val_acc1" in last:
+            best = max(row["val_acc1"] for row in history)
+            print(f"done: {len(history)} epochs, last val top-1 {last['val_acc1']:.2f}%, best {best:.2f}%")
+        else:
+            print(f"done: {len(history)} epochs, val loss {history[0]['val_loss']:.4f} -> {last['val_loss']:.4f}")
         print(f"model: {Path(config.output_dir) / 'model'}  metrics: {Path(config.output_dir) / 'metrics.jsonl'}")
     return 0
 
@@ -278,6 +315,36 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `train` and `pretrain` share; each is also a config key (see TrainConfig)."""
+    parser.add_argument("--config", help="YAML file of training settings (see configs/)")
+    parser.add_argument("--recipe", help=f"starting recipe: {', '.join(RECIPES)} (default: the task's)")
+    parser.add_argument("--data", help="'digits' or a directory (class folders; any images for pretraining)")
+    parser.add_argument("--train-list", help="CSV/JSON list of (path, label) for training")
+    parser.add_argument("--val-list", help="CSV/JSON list of (path, label) for validation")
+    parser.add_argument("--model", help="preset name, or a checkpoint to start from")
+    parser.add_argument("--init-from", help="initialise from this checkpoint (new head when it has none that fits)")
+    parser.add_argument("--output-dir", help="where checkpoints, metrics and the final model go")
+    parser.add_argument("--epochs", type=positive_int)
+    parser.add_argument("--batch-size", type=positive_int, help="global batch size")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--mask-patch-size", type=positive_int, help="masked image modeling: mask cell side (px)")
+    parser.add_argument("--mask-ratio", type=float, help="masked image modeling: share of cells hidden")
+    parser.add_argument("--device", help="auto (default), cpu, cuda, ...")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"])
+    parser.add_argument("--workers", type=int, help="data-loading processes per training process")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="CHECKPOINT",
+        help="continue the run in --output-dir (or from CHECKPOINT)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that holds a run")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focalnet", description="Focal Modulation Networks for PyTorch.")
     parser.add_argument("--version", action="version", version=f"focalnet {__version__}")
@@ -311,32 +378,34 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     predict.set_defaults(handler=cmd_predict)
 
-    train = commands.add_parser("train", help="train or fine-tune a classifier (torchrun for several processes)")
-    train.add_argument("--config", help="YAML file of training settings (see configs/)")
-    train.add_argument("--recipe", help="starting recipe: imagenet, finetune (default) or demo")
-    train.add_argument("--data", help="'digits' or a directory with train/ and val/ class folders")
-    train.add_argument("--train-list", help="CSV/JSON list of (path, label) for training")
-    train.add_argument("--val-list", help="CSV/JSON list of (path, label) for validation")
-    train.add_argument("--model", help="preset name, or a checkpoint to start from")
-    train.add_argument("--init-from", help="initialise from this checkpoint (new head when the classes differ)")
-    train.add_argument("--output-dir", help="where checkpoints, metrics and the final model go")
-    train.add_argument("--epochs", type=positive_int)
-    train.add_argument("--batch-size", type=positive_int, help="global batch size")
-    train.add_argument("--lr", type=float)
-    train.add_argument("--device", help="auto (default), cpu, cuda, ...")
-    train.add_argument("--amp", choices=["none", "bf16", "fp16"])
-    train.add_argument("--workers", type=int, help="data-loading processes per training process")
-    train.add_argument("--seed", type=int)
-    train.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        metavar="CHECKPOINT",
-        help="continue the run in --output-dir (or from CHECKPOINT)",
+    visualize = commands.add_parser(
+        "visualize", help="modulator heat maps and gates (classifiers) or reconstructions (SimMIM) as PNG files"
     )
-    train.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that holds a run")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting")
+    visualize.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS", help="image files or directories")
+    visualize.add_argument("--model", required=True, help="directory, weights file, registry name or hub id")
+    visualize.add_argument("--output-dir", required=True, help="where the PNG files go (one per image)")
+    visualize.add_argument("--blocks", default="last", help="last (of each stage, default), all, or indices N,M")
+    visualize.add_argument("--alpha", type=float, default=0.5, help="weight of the heat map over the image (0.5)")
+    visualize.add_argument("--top-k", type=positive_int, default=5, help="labels shown per image (default 5)")
+    visualize.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    visualize.add_argument("--seed", type=int, default=0, help="seed of the SimMIM mask (default 0)")
+    visualize.add_argument("--mask-ratio", type=float, default=0.6, help="share of SimMIM mask cells hidden (0.6)")
+    visualize.add_argument(
+        "--mask-patch-size", type=positive_int, help="SimMIM mask cell in pixels (default: from the checkpoint)"
+    )
+    visualize.add_argument("--cmap", default="jet", help="matplotlib colormap of the heat maps (default jet)")
+    visualize.set_defaults(handler=cmd_visualize)
+
+    train = commands.add_parser("train", help="train or fine-tune a model (torchrun for several processes)")
+    add_training_arguments(train)
+    train.add_argument("--task", choices=list(TASKS), help="what to train (default: classification)")
     train.set_defaults(handler=cmd_train)
+
+    pretrain = commands.add_parser(
+        "pretrain", help="SimMIM pretraining on unlabelled images (= train --task masked-image-modeling)"
+    )
+    add_training_arguments(pretrain)
+    pretrain.set_defaults(handler=cmd_train, task="masked-image-modeling")
 
     evaluate = commands.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix")
     evaluate.add_argument("--model", required=True, help="directory, weights file, registry name or hub id")

@@ -273,6 +273,11 @@ class FocalNetPreTrainedModel(nn.Module):
 
         return from_pretrained(cls, source, **kwargs)
 
+    @classmethod
+    def config_for_weights(cls, config: FocalNetConfig, state: dict[str, torch.Tensor]) -> FocalNetConfig:
+        """The config this class builds for HF-layout `state` (heads that the weights lack may adapt it)."""
+        return config
+
     def _resolve(self, output_hidden_states: bool | None, return_dict: bool | None) -> tuple[bool, bool]:
         hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         as_dict = self.config.return_dict if return_dict is None else return_dict
@@ -394,6 +399,14 @@ class FocalNetForMaskedImageModeling(FocalNetPreTrainedModel):
         )
         self.post_init()
 
+    @classmethod
+    def config_for_weights(cls, config: FocalNetConfig, state: dict[str, torch.Tensor]) -> FocalNetConfig:
+        """A new decoder (weights without one, e.g. a classifier's) fits the encoder's total stride,
+        whatever `encoder_stride` the source's config carried."""
+        if "decoder.0.weight" in state or config.encoder_stride == config.total_stride:
+            return config
+        return FocalNetConfig.from_dict(config.to_dict(), encoder_stride=config.total_stride)
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -411,7 +424,7 @@ class FocalNetForMaskedImageModeling(FocalNetPreTrainedModel):
         loss = None
         if bool_masked_pos is not None:
             loss = masked_image_modeling_loss(
-                pixel_values, reconstruction, self._pixel_mask(bool_masked_pos, height, width)
+                pixel_values, reconstruction, self.pixel_mask(bool_masked_pos, height, width)
             )
         output = FocalNetMaskedImageModelingOutput(loss=loss, reconstruction=reconstruction, **_encoder_extras(outputs))
         return output if return_dict else output.to_tuple()
@@ -424,8 +437,8 @@ class FocalNetForMaskedImageModeling(FocalNetPreTrainedModel):
             height, width = math.ceil(height / 2), math.ceil(width / 2)
         return height, width
 
-    def _pixel_mask(self, bool_masked_pos: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Patch-grid mask -> (B, 1, H, W) pixel mask."""
+    def pixel_mask(self, bool_masked_pos: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """A patch-grid mask ((B, h*w) or (B, h, w)) as the (B, 1, H, W) float pixel mask the loss weighs."""
         patch_h, patch_w = self.config.patch_size_2d
         grid_h, grid_w = math.ceil(height / patch_h), math.ceil(width / patch_w)
         mask = bool_masked_pos.reshape(-1, grid_h, grid_w)

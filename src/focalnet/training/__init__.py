@@ -1,7 +1,22 @@
-"""Training and evaluation: `focalnet train` / `focalnet evaluate` and their Python API."""
+"""Training and evaluation: `focalnet train` / `pretrain` / `evaluate` and their Python API.
 
-from .config import RECIPES, TrainConfig, load_config
+One engine (`Trainer`) runs every task (`Task`): classification and masked image modeling here.
+"""
+
+from .config import RECIPES, TASKS, TrainConfig, load_config
 from .evaluation import Evaluation, evaluate, evaluate_checkpoint
+from .task import Task
 from .trainer import Trainer, train
 
-__all__ = ["RECIPES", "Evaluation", "TrainConfig", "Trainer", "evaluate", "evaluate_checkpoint", "load_config", "train"]
+__all__ = [
+    "RECIPES",
+    "TASKS",
+    "Evaluation",
+    "Task",
+    "TrainConfig",
+    "Trainer",
+    "evaluate",
+    "evaluate_checkpoint",
+    "load_config",
+    "train",
+]

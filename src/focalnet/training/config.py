@@ -1,6 +1,7 @@
 """Training configuration: one flat dataclass, recipe presets, YAML files and CLI overrides.
 
-Resolution order: the recipe named by `recipe` (defaults to "finetune"), then the YAML file,
+Resolution order: the recipe named by `recipe` (defaults to the task's: "finetune" for
+classification, "simmim" for masked image modeling), then the YAML file,
 then `--set key=value` / explicit command-line options. Every field is documented in
 `TrainConfig`; `configs/*.yaml` in the repository are worked examples.
 """
@@ -15,20 +16,27 @@ from pathlib import Path
 from typing import Any
 
 AMP_MODES = ("none", "bf16", "fp16")
+TASKS = ("classification", "masked-image-modeling")
+DEFAULT_RECIPES = {"classification": "finetune", "masked-image-modeling": "simmim"}
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
 @dataclass
 class TrainConfig:
+    task: str = "classification"
+    """What is trained: classification, or masked-image-modeling (SimMIM pretraining, no labels)."""
+
     # ---- data -------------------------------------------------------------------------------
     data: str | None = None
     """"digits" (scikit-learn's handwritten digits), or a directory holding `train/` and `val/`
-    ImageFolder trees (one sub-directory per class)."""
+    ImageFolder trees (one sub-directory per class). Masked image modeling takes any folder of
+    images (searched recursively; `train/` and `val/` used as the split when both exist)."""
     train_list: str | None = None
-    """CSV (`path,label` rows) or JSON list of {"path", "label"}; replaces `data` for training."""
+    """CSV (`path,label` rows) or JSON list of {"path", "label"}; replaces `data` for training
+    (masked image modeling needs only the paths)."""
     val_list: str | None = None
     val_fraction: float = 0.2
-    """For `data: digits`: the held-out share (stratified, fixed by `split_seed`)."""
+    """The held-out share where the data has no split of its own (digits: stratified), fixed by `split_seed`."""
     split_seed: int = 0
     workers: int = 0
 
@@ -66,6 +74,14 @@ class TrainConfig:
     """CutMix alpha (0 = off); with both on, each batch gets one of the two at random."""
     label_smoothing: float = 0.1
 
+    # ---- masked image modeling ----------------------------------------------------------------
+    mask_patch_size: int = 32
+    """Side of the square mask cells in pixels (a multiple of the model's patch size)."""
+    mask_ratio: float = 0.6
+    """Share of the mask cells hidden in each image."""
+    reconstruction_images: int = 8
+    """Validation images shown in each epoch's `reconstructions/epoch-NNN.png` (0 = none)."""
+
     # ---- optimisation -----------------------------------------------------------------------
     epochs: int = 30
     batch_size: int = 64
@@ -73,7 +89,7 @@ class TrainConfig:
     accum_steps: int = 1
     lr: float = 1e-4
     lr_scale_batch: int | None = None
-    """If set, the learning rates are scaled by batch_size / lr_scale_batch (the paper: 1024)."""
+    """If set, lr, min_lr and warmup_lr are scaled by batch_size / lr_scale_batch (the paper: 1024)."""
     min_lr: float = 1e-6
     warmup_epochs: float = 1.0
     warmup_lr: float = 1e-7
@@ -107,6 +123,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError naming the field and the fix when a value cannot work."""
         checks = [
+            (self.task in TASKS, f"task must be one of {TASKS}"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.accum_steps >= 1, "accum_steps must be >= 1"),
@@ -137,12 +154,20 @@ class TrainConfig:
             (self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size must be >= 1 or null"),
             (self.max_train_batches is None or self.max_train_batches >= 1, "max_train_batches must be >= 1 or null"),
             (self.lr_scale_batch is None or self.lr_scale_batch >= 1, "lr_scale_batch must be >= 1 or null"),
+            (self.mask_patch_size >= 1, "mask_patch_size must be >= 1"),
+            (0 < self.mask_ratio < 1, "mask_ratio must be in (0, 1)"),
+            (self.reconstruction_images >= 0, "reconstruction_images must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"invalid training config: {message}")
 
     # ------------------------------------------------------------------------------------------
+    @property
+    def lr_scale(self) -> float:
+        """The factor on every learning rate: batch_size / lr_scale_batch, or 1."""
+        return self.batch_size / self.lr_scale_batch if self.lr_scale_batch is not None else 1.0
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
@@ -259,18 +284,51 @@ RECIPES: dict[str, dict[str, Any]] = {
         "output_dir": "runs/demo",
         "seed": 0,
     },
+    # SimMIM pretraining (SPEC section 8): lr 2e-4 per 512 images, 10 warm-up epochs, no drop path.
+    "simmim": {
+        "task": "masked-image-modeling",
+        "epochs": 100,
+        "batch_size": 128,
+        "lr": 2e-4,
+        "min_lr": 1e-5,
+        "warmup_lr": 1e-6,
+        "lr_scale_batch": 512,
+        "warmup_epochs": 10,
+        "weight_decay": 0.05,
+        "betas": (0.9, 0.999),
+        "clip_grad": 5.0,
+        "layer_decay": None,
+        "ema_decay": None,
+        "drop_path_rate": 0.0,
+        "image_size": 192,
+        "crop_pct": 1.0,
+        "crop_scale": (0.67, 1.0),
+        "crop_ratio": (3 / 4, 4 / 3),
+        "hflip": 0.5,
+        "rand_augment": None,
+        "random_erasing": 0.0,
+        "mixup": 0.0,
+        "cutmix": 0.0,
+        "label_smoothing": 0.0,
+        "mask_patch_size": 32,
+        "mask_ratio": 0.6,
+        "output_dir": "runs/pretrain",
+    },
 }
 
 
 def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None, recipe: str | None = None
 ) -> TrainConfig:
-    """The recipe (from `recipe`, the file's `recipe:` key, or "finetune"), the YAML file, then `overrides`."""
+    """The recipe (from `recipe`, the file's `recipe:` key, or the task's default), the YAML file,
+    then `overrides`."""
     values: dict[str, Any] = {}
     if path is not None:
         values = read_yaml(path)
     overrides = dict(overrides or {})
-    name = recipe or overrides.pop("recipe", None) or values.pop("recipe", None) or "finetune"
+    task = overrides.get("task", values.get("task", "classification"))
+    default = DEFAULT_RECIPES.get(task, "finetune")
+    name = recipe or overrides.pop("recipe", None) or values.pop("recipe", None) or default
     values.pop("recipe", None)
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose from: {', '.join(RECIPES)}")

@@ -49,6 +49,19 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, indices: Sequence[int]) -> LabelledImages:
+        return LabelledImages(
+            [self.loaders[i] for i in indices],
+            [self.labels[i] for i in indices],
+            self.classes,
+            [self.names[i] for i in indices],
+        )
+
+
+def image_files(root: Path) -> list[Path]:
+    """Image files under `root`, recursively, in sorted order."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
 
 def image_folder(root: str | Path) -> LabelledImages:
     """An ImageFolder tree: one sub-directory per class (sorted names are the class indices)."""
@@ -58,38 +71,79 @@ def image_folder(root: str | Path) -> LabelledImages:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"{root} has no class sub-directories (expected {root}/<class>/<image>)")
-    loaders, labels, names = [], [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).rglob("*")):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                loaders.append(functools.partial(load_image, path))
-                labels.append(label)
-                names.append(str(path))
-    if not labels:
+    files = [(path, label) for label, name in enumerate(classes) for path in image_files(root / name)]
+    if not files:
         raise ValueError(f"{root} holds no images with suffixes {sorted(IMAGE_SUFFIXES)}")
-    return LabelledImages(loaders, labels, classes, names)
+    return _from_files(files, classes)
 
 
-def image_list(path: str | Path, classes: Sequence[str] | None = None) -> LabelledImages:
+def _from_files(files: Sequence[tuple[Path, int]], classes: list[str]) -> LabelledImages:
+    return LabelledImages(
+        [functools.partial(load_image, path) for path, _ in files],
+        [label for _, label in files],
+        classes,
+        [str(path) for path, _ in files],
+    )
+
+
+def unlabelled_folder(root: str | Path) -> LabelledImages:
+    """Every image under `root`, searched recursively; folder names are not labels (all get label 0)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    files = image_files(root)
+    if not files:
+        raise ValueError(f"{root} holds no images with suffixes {sorted(IMAGE_SUFFIXES)} (searched recursively)")
+    return _from_files([(path, 0) for path in files], ["image"])
+
+
+def _list_rows(path: Path) -> list[tuple]:
+    """The rows of a CSV (optional `path,label` header, `#` comments) or JSON list, as tuples."""
+    if path.suffix.lower() == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8-sig"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"image list {path} is not valid JSON: {error}") from None
+        if not isinstance(rows, list):
+            raise ValueError(f"image list {path} must hold a JSON list of paths, [path, label] pairs or objects")
+        return [_json_row(row, path) for row in rows]
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        rows = [tuple(r[:2]) for r in csv.reader(handle) if r and not r[0].startswith("#")]
+    if rows and rows[0][0].strip().lower() == "path":
+        rows = rows[1:]
+    return rows
+
+
+def _json_row(row: Any, path: Path) -> tuple:
+    """ "a.jpg", ["a.jpg", label] or {"path": "a.jpg", "label": label} as (path,) or (path, label)."""
+    if isinstance(row, str):
+        return (row,)
+    if isinstance(row, dict) and "path" in row:
+        return (row["path"], row["label"]) if "label" in row else (row["path"],)
+    if isinstance(row, list) and 1 <= len(row) <= 2:
+        return tuple(row)
+    raise ValueError(f"image list {path}: cannot read the entry {row!r}; use a path, [path, label] or {{path, label}}")
+
+
+def image_list(path: str | Path, classes: Sequence[str] | None = None, labelled: bool = True) -> LabelledImages:
     """A CSV (`path,label` with an optional header) or JSON ([{"path", "label"}] or [[path, label]]) list.
 
     Labels may be integers or class names; relative paths are taken from the list's directory.
-    Pass `classes` to reuse the training list's class order for a validation list.
+    Pass `classes` to reuse the training list's class order for a validation list. With
+    `labelled=False` only the paths are read (rows of just a path are fine) and every label is 0.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image list {path} does not exist")
-    if path.suffix.lower() == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8-sig"))
-        rows = [(r["path"], r["label"]) if isinstance(r, dict) else tuple(r) for r in rows]
-    else:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = [tuple(r[:2]) for r in csv.reader(handle) if r and not r[0].startswith("#")]
-        if rows and rows[0][0].strip().lower() == "path":
-            rows = rows[1:]
+    rows = _list_rows(path)
     if not rows:
         raise ValueError(f"image list {path} is empty")
-    raw = [str(label).strip() for _, label in rows]
+    if not labelled:
+        return _from_files([(path.parent / row[0], 0) for row in rows], ["image"])
+    unlabelled = [row[0] for row in rows if len(row) < 2]
+    if unlabelled:
+        raise ValueError(f"{path}: rows without a label, e.g. {unlabelled[0]!r}; give every row `path,label`")
+    raw = [str(row[1]).strip() for row in rows]
     if classes is None:
         numeric = all(re.fullmatch(r"\d+", label) for label in raw)
         classes = [str(i) for i in range(max(map(int, raw)) + 1)] if numeric else sorted(set(raw))
@@ -99,9 +153,8 @@ def image_list(path: str | Path, classes: Sequence[str] | None = None) -> Labell
         if label not in index:
             raise ValueError(f"{path}: label {label!r} is not among the classes {list(classes)[:10]}...")
         labels.append(index[label])
-    files = [path.parent / p for p, _ in rows]
-    loaders = [functools.partial(load_image, f) for f in files]
-    return LabelledImages(loaders, labels, list(classes), [str(f) for f in files])
+    files = [(path.parent / row[0], label) for row, label in zip(rows, labels, strict=True)]
+    return _from_files(files, list(classes))
 
 
 def digits(split: str, val_fraction: float = 0.2, split_seed: int = 0) -> LabelledImages:
@@ -148,6 +201,33 @@ def load_source(config: TrainConfig, split: str, classes: Sequence[str] | None =
     if classes is not None and source.classes != list(classes):
         raise ValueError(f"{config.data}/{split} has classes {source.classes}, but training has {list(classes)}")
     return source
+
+
+def held_out(size: int, split: str, fraction: float, seed: int) -> list[int]:
+    """Indices of the `split` ("train" or "val") part of a random, seeded hold-out of `fraction`."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    count = min(max(round(size * fraction), 1), size - 1) if size > 1 else 0
+    return sorted(order[:count] if split == "val" else order[count:])
+
+
+def unlabelled_source(config: TrainConfig, split: str) -> LabelledImages:
+    """Images without labels for masked image modeling: a list file, digits, or a folder searched
+    recursively (its `train/` and `val/` sub-folders when both exist, else `val_fraction` held out)."""
+    if config.train_list and not config.val_list and config.data is None:  # one list: hold out a share
+        source = image_list(config.train_list, labelled=False)
+        return source.subset(held_out(len(source), split, config.val_fraction, config.split_seed))
+    listed = config.train_list if split == "train" else config.val_list
+    if listed:
+        return image_list(listed, labelled=False)
+    if config.data is None:
+        raise ValueError(f"no {split} data: set `data` (a directory of images or 'digits') or `{split}_list`")
+    if config.data == "digits":
+        return digits(split, config.val_fraction, config.split_seed)
+    root = Path(config.data)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return unlabelled_folder(root / split)
+    source = unlabelled_folder(root)
+    return source.subset(held_out(len(source), split, config.val_fraction, config.split_seed))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,7 +317,8 @@ class ShardedSampler(Sampler[tuple[int, int]]):
 
     Training (`shuffle=True`) drops the last incomplete global batch, so every optimiser step
     sees the same samples whatever the number of processes; `start_batch` resumes mid-epoch.
-    Evaluation (`shuffle=False`) gives rank r every world-th sample, none twice, none dropped.
+    Evaluation (`shuffle=False`) gives rank r every world-th sample, none twice, none dropped;
+    each sample's seed is its index, so seeded evaluation transforms (fixed masks) repeat every epoch.
     """
 
     def __init__(
@@ -266,7 +347,7 @@ class ShardedSampler(Sampler[tuple[int, int]]):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         if not self.shuffle:
-            yield from ((i, 0) for i in range(self.rank, self.size, self.world))
+            yield from ((i, i) for i in range(self.rank, self.size, self.world))
             return
         order = torch.randperm(self.size, generator=generator).tolist()
         seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
@@ -282,15 +363,20 @@ class ShardedSampler(Sampler[tuple[int, int]]):
 
 
 def sample_loader(
-    dataset: ImageDataset, sampler: ShardedSampler, batch_size: int, workers: int = 0, pin_memory: bool = False
+    dataset: Dataset,
+    sampler: ShardedSampler,
+    batch_size: int,
+    workers: int = 0,
+    pin_memory: bool = False,
+    collate_fn: Callable[[list], tuple[Any, Any, int]] = collate,
 ) -> DataLoader:
-    """Batches of (images, labels, unreadable count); the loader has its own generator, so creating
+    """Batches of (inputs, targets, unreadable count); the loader has its own generator, so creating
     an iterator draws nothing from the global RNG (which resumed runs restore exactly)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         num_workers=workers,
         generator=torch.Generator(),
         pin_memory=pin_memory,
@@ -298,17 +384,17 @@ def sample_loader(
 
 
 def evaluation_loader(
-    source: LabelledImages,
-    processor: FocalNetImageProcessor,
+    dataset: Dataset,
     batch_size: int,
     workers: int = 0,
     rank: int = 0,
     world: int = 1,
     pin_memory: bool = False,
+    collate_fn: Callable[[list], tuple[Any, Any, int]] = collate,
 ) -> DataLoader:
-    """Every world-th image of `source` (from `rank`) through the evaluation processor, in order."""
-    sampler = ShardedSampler(len(source), 1, rank, world, shuffle=False)
-    return sample_loader(ImageDataset(source, processor.transform), sampler, batch_size, workers, pin_memory)
+    """Every world-th sample of `dataset` (from `rank`), in order, each seeded by its index."""
+    sampler = ShardedSampler(len(dataset), 1, rank, world, shuffle=False)
+    return sample_loader(dataset, sampler, batch_size, workers, pin_memory, collate_fn)
 
 
 def export_digits(directory: str | Path, count: int = 8, split: str = "val") -> list[Path]:

@@ -125,7 +125,7 @@ def evaluate_checkpoint(
 
     from ..modeling import FocalNetForImageClassification
     from ..predict import processor_for
-    from .data import digits, evaluation_loader, image_folder, image_list
+    from .data import ImageDataset, digits, evaluation_loader, image_folder, image_list
 
     if list_file is not None:
         source = image_list(list_file)
@@ -139,7 +139,7 @@ def evaluate_checkpoint(
     model = FocalNetForImageClassification.from_pretrained(model_source).to(device).eval()
     processor = processor_for(model_source, model.config.image_size_2d[0])
     mapping = label_mapping(source.classes, model.config.id2label)
-    loader = evaluation_loader(source, processor, batch_size, workers)
+    loader = evaluation_loader(ImageDataset(source, processor.transform), batch_size, workers)
     batches = progress(loader, "evaluating", total=len(loader)) if progress is not None else loader
     processes = Processes(0, 1, torch.device(device))
     result = evaluate(model, batches, model.config.num_labels, processes, amp, label_map=mapping)

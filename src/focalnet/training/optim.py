@@ -33,8 +33,15 @@ def layer_depth(name: str, depths: list[int]) -> int:
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, layer_decay: float | None, base_lr: float) -> list[dict]:
-    """AdamW groups: (decay or not) x (depth, when `layer_decay` is set), each with its own lr."""
-    depths = list(model.config.depths)
+    """AdamW groups: (decay or not) x (depth, when `layer_decay` is set), each with its own lr.
+
+    Layer-wise decay reads the block structure from a FocalNet model's `config.depths`; any other
+    model trains with one learning rate."""
+    depths: list[int] = []
+    if layer_decay is not None:
+        if not hasattr(model, "config"):
+            raise ValueError(f"layer_decay needs a FocalNet model; {type(model).__name__} has no config.depths")
+        depths = list(model.config.depths)
     groups: dict[tuple[bool, int], dict] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:

@@ -27,19 +27,25 @@ def _save(figure, path: str | Path) -> None:
 
 
 def plot_curves(history: Sequence[dict], path: str | Path) -> None:
-    """Train/val loss and val top-1/top-5 accuracy per epoch, side by side."""
+    """The losses per epoch (train, val when the task has one, and the task's training loss terms
+    `loss_*`), and beside them every other validation metric of the rows (`val_*`: top-1/top-5
+    accuracy for classification, nothing more for masked image modeling)."""
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
-    figure, (loss_axes, acc_axes) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_axes.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
-    loss_axes.plot(epochs, [row["val_loss"] for row in history], marker="o", label="val")
+    losses = [key for key in history[0] if key in ("train_loss", "val_loss") or key.startswith("loss_")]
+    metrics = [key for key in history[0] if key.startswith("val_") and key != "val_loss"]
+    figure, panels = plt.subplots(1, 2 if metrics else 1, figsize=(10 if metrics else 5, 4), squeeze=False)
+    loss_axes = panels[0][0]
+    for key in losses:
+        loss_axes.plot(epochs, [row[key] for row in history], marker="o", label=key.removesuffix("_loss"))
     loss_axes.set(xlabel="epoch", ylabel="loss", title="loss")
-    loss_axes.legend()
-    acc_axes.plot(epochs, [row["val_acc1"] for row in history], marker="o", label="val top-1")
-    acc_axes.plot(epochs, [row["val_acc5"] for row in history], marker="o", label="val top-5")
-    acc_axes.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
-    acc_axes.legend()
-    for axes in (loss_axes, acc_axes):
+    if metrics:
+        metric_axes = panels[0][1]
+        for key in metrics:
+            metric_axes.plot(epochs, [row[key] for row in history], marker="o", label=key.removeprefix("val_"))
+        metric_axes.set(xlabel="epoch", title="validation metrics")
+    for axes in panels[0]:
+        axes.legend()
         axes.grid(alpha=0.3)
     _save(figure, path)
     plt.close(figure)

@@ -1,11 +1,13 @@
-"""The training loop behind `focalnet train`: one process or many under `torchrun`, resumable.
+"""The training engine behind `focalnet train` and `focalnet pretrain`: one loop for every task
+(`focalnet.training.task`), one process or many under `torchrun`, resumable.
 
 A run writes into `output_dir`:
 * `checkpoint-last.pt` - everything needed to continue (model, optimiser, scheduler, grad
   scaler, EMA, position in the epoch, every process's RNG), replaced atomically;
 * `metrics.jsonl` - one line per finished epoch; `curves.png`; TensorBoard logs when installed;
-* `model/` - the final weights in HF layout with the evaluation preprocessing
-  (`focalnet predict`/`evaluate` and `transformers` read it).
+* `model/` - the final model as the task saves it (for FocalNet tasks: HF layout with the
+  evaluation preprocessing, which `focalnet predict`/`evaluate` and `transformers` read);
+* whatever else the task writes after each epoch (masked image modeling: `reconstructions/`).
 """
 
 from __future__ import annotations
@@ -21,24 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._io import atomic_path, atomic_write
-from ..modeling import FocalNetForImageClassification
 from . import distributed
 from .config import TrainConfig
-from .data import (
-    ImageDataset,
-    ShardedSampler,
-    eval_processor,
-    evaluation_loader,
-    load_source,
-    sample_loader,
-    train_transform,
-)
-from .evaluation import Evaluation, autocast, evaluate
+from .data import ShardedSampler, evaluation_loader, sample_loader
+from .evaluation import autocast
 from .optim import build_ema, build_optimizer, warmup_cosine
+from .task import Task, move_to, task_named
 
 CHECKPOINT_NAME = "checkpoint-last.pt"
 CHECKPOINT_FORMAT = "focalnet-training-checkpoint/1"
@@ -46,47 +39,6 @@ CHECKPOINT_FORMAT = "focalnet-training-checkpoint/1"
 
 class CheckpointCorruptError(RuntimeError):
     """A resume checkpoint that cannot be read; it is left untouched."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Model set-up
-def paper_drop_path(model_name: str) -> float:
-    """The paper's stochastic depth for a preset: T 0.2, S 0.3, B and larger 0.5 (others 0.1)."""
-    for size, rate in (("tiny", 0.2), ("small", 0.3), ("base", 0.5), ("large", 0.5), ("huge", 0.5)):
-        if size in model_name:
-            return rate
-    return 0.1
-
-
-def build_model(config: TrainConfig, classes: list[str]) -> FocalNetForImageClassification:
-    """A classifier for `classes`: from `init_from` (new head when the classes differ) or a preset."""
-    from ..presets import PRESETS
-
-    labels = {"num_labels": len(classes), "id2label": dict(enumerate(classes))}
-    drop_path = config.drop_path_rate if config.drop_path_rate is not None else paper_drop_path(config.model)
-    overrides = {**config.model_overrides, **labels, "drop_path_rate": drop_path}
-    source = config.init_from or (None if config.model in PRESETS else config.model)
-    if source is not None:
-        model = FocalNetForImageClassification.from_pretrained(source, **overrides)
-    else:
-        from ..configuration import FocalNetConfig
-
-        model = FocalNetForImageClassification(FocalNetConfig.from_preset(config.model, **overrides))
-    freeze(model, config)
-    return model.train()
-
-
-def freeze(model: FocalNetForImageClassification, config: TrainConfig) -> None:
-    """Stop gradients to the backbone (`freeze_backbone`) or to the stem and first N stages."""
-    if config.freeze_stages > model.config.num_stages:
-        raise ValueError(f"freeze_stages={config.freeze_stages} but the model has {model.config.num_stages} stages")
-    frozen: list[nn.Module] = []
-    if config.freeze_backbone:
-        frozen.append(model.focalnet)
-    elif config.freeze_stages:
-        frozen += [model.focalnet.embeddings, *model.focalnet.encoder.stages[: config.freeze_stages]]
-    for module in frozen:
-        module.requires_grad_(False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -100,6 +52,8 @@ class Progress:
     step: int = 0
     """Optimiser steps taken in the whole run."""
     loss_sum: float = 0.0
+    term_sums: dict[str, float] = field(default_factory=dict)
+    """Image-weighted sums of the task's named loss terms."""
     images: float = 0.0
     skipped: float = 0.0
     seconds: float = 0.0
@@ -107,6 +61,7 @@ class Progress:
 
     def start_epoch(self) -> None:
         self.loss_sum = self.images = self.skipped = self.seconds = 0.0
+        self.term_sums = {}
         self.batch = 0
 
 
@@ -144,9 +99,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------
 class Trainer:
-    """Builds everything from a `TrainConfig` and runs (or resumes) the epochs."""
+    """Builds everything from a `TrainConfig` and its task, and runs (or resumes) the epochs."""
 
-    def __init__(self, config: TrainConfig, processes: distributed.Processes) -> None:
+    def __init__(
+        self, config: TrainConfig, processes: distributed.Processes, task_class: type[Task] | None = None
+    ) -> None:
+        """`task_class` (any `Task` subclass) defaults to the built-in task that `config.task` names."""
         self.config = config
         self.processes = processes
         self.device = processes.device
@@ -159,50 +117,48 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
 
-        self.train_source = load_source(config, "train")
-        self.classes = self.train_source.classes
-        self.val_source = load_source(config, "val", self.classes)
-        self.processor = eval_processor(config)
+        self.task: Task = (task_class or task_named(config.task))(config, processes)
+        self.model = self.task.build_model().train().to(self.device)  # before the data: it may shape it
+        train_dataset = self.task.train_dataset()
         self.sampler = ShardedSampler(
-            len(self.train_source), config.batch_size, processes.rank, processes.world, seed=config.seed
+            len(train_dataset), config.batch_size, processes.rank, processes.world, seed=config.seed
         )
         pin_memory = self.device.type == "cuda"
         self.train_loader = sample_loader(
-            ImageDataset(self.train_source, train_transform(config)),
+            train_dataset,
             self.sampler,
             config.batch_size // (processes.world * config.accum_steps),
             config.workers,
             pin_memory,
+            self.task.collate,
         )
         self.val_loader = evaluation_loader(
-            self.val_source,
-            self.processor,
+            self.task.val_dataset(),
             config.eval_batch_size or config.batch_size,
             config.workers,
             processes.rank,
             processes.world,
             pin_memory,
+            self.task.collate,
         )
-        self.model = build_model(config, self.classes).to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.steps_per_epoch = self.sampler.batches_per_epoch
         if config.max_train_batches is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, config.max_train_batches)
-        lr = config.lr * (config.batch_size / config.lr_scale_batch if config.lr_scale_batch is not None else 1.0)
+        lr = config.lr * config.lr_scale
         self.optimizer = build_optimizer(self.model, lr, config.weight_decay, config.layer_decay, config.betas)
         schedule = warmup_cosine(
             total_steps=config.epochs * self.steps_per_epoch,
             warmup_steps=round(config.warmup_epochs * self.steps_per_epoch),
             base_lr=lr,
-            warmup_lr=min(config.warmup_lr, lr),
-            min_lr=min(config.min_lr, lr),
+            warmup_lr=min(config.warmup_lr * config.lr_scale, lr),
+            min_lr=min(config.min_lr * config.lr_scale, lr),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.ema = build_ema(self.model, config.ema_decay) if config.ema_decay else None
         self.progress = Progress()
-        self.mix = self._batch_mixing()
         self.network: nn.Module = self.model
         self._writer = None
 
@@ -213,19 +169,6 @@ class Trainer:
                 f"batch_size {config.batch_size} must split evenly into {world} process(es) x "
                 f"{config.accum_steps} accumulation step(s); change batch_size or accum_steps"
             )
-
-    def _batch_mixing(self):
-        """MixUp and/or CutMix on whole batches (torchvision v2), or None."""
-        if not (self.config.mixup or self.config.cutmix):
-            return None
-        from torchvision.transforms import v2
-
-        choices = []
-        if self.config.mixup:
-            choices.append(v2.MixUp(alpha=self.config.mixup, num_classes=len(self.classes)))
-        if self.config.cutmix:
-            choices.append(v2.CutMix(alpha=self.config.cutmix, num_classes=len(self.classes)))
-        return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
 
     # -- checkpoints ---------------------------------------------------------------------------
     @property
@@ -243,7 +186,8 @@ class Trainer:
         checkpoint = {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
-            "classes": self.classes,
+            "task": self.task.name,
+            "task_state": self.task.state(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -257,8 +201,10 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         checkpoint = read_checkpoint(path)
-        if checkpoint["classes"] != self.classes:
-            raise ValueError(f"{path} was trained on classes {checkpoint['classes'][:10]}..., the data has others")
+        task = checkpoint.get("task", "classification")
+        if task != self.task.name:
+            raise ValueError(f"{path} is a {task} run; this run's task is {self.task.name}")
+        self.task.check_state(checkpoint.get("task_state", {"classes": checkpoint.get("classes")}), Path(path))
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -287,8 +233,7 @@ class Trainer:
         self._open_tensorboard()
         while self.progress.epoch < self.config.epochs:
             self.train_epoch()
-            evaluation = self.validate()
-            self.finish_epoch(evaluation)
+            self.finish_epoch(self.validate())
         if self.processes.is_main:
             self.save_model()
         return self.progress.history
@@ -300,12 +245,14 @@ class Trainer:
         remaining = (self.steps_per_epoch - progress.batch) * config.accum_steps
         started = time.perf_counter()
         bar = self._progress_bar(remaining, f"epoch {progress.epoch + 1}/{config.epochs}")
-        for micro, (images, labels, skipped) in enumerate(self.train_loader):
+        for micro, (inputs, targets, skipped) in enumerate(self.train_loader):
             if micro >= remaining:
                 break
             last_micro = (micro + 1) % config.accum_steps == 0
-            loss, count = self._forward_backward(images, labels, sync=last_micro)
+            loss, terms, count = self._forward_backward(inputs, targets, sync=last_micro)
             progress.loss_sum += loss * count
+            for name, value in terms.items():
+                progress.term_sums[name] = progress.term_sums.get(name, 0.0) + value * count
             progress.images += count
             progress.skipped += skipped
             if bar is not None:
@@ -325,29 +272,22 @@ class Trainer:
         if bar is not None:
             bar.close()
 
-    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor, sync: bool) -> tuple[float, int]:
+    def _forward_backward(self, inputs: Any, targets: Any, sync: bool) -> tuple[float, dict[str, float], int]:
         """One micro-batch; an all-unreadable one still takes part (weight 0) so processes stay in step."""
-        count = len(labels)
+        count = len(inputs)
         if count == 0:
-            size = self.config.image_size
-            images = torch.zeros(1, len(self.config.mean), size, size)
-            labels = torch.zeros(1, dtype=torch.long)
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
-        if self.config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        targets = labels
-        if self.mix is not None and count > 1:
-            images, targets = self.mix(images, labels)
+            inputs, targets = self.task.placeholder_batch()
+        inputs, targets = move_to(inputs, self.device), move_to(targets, self.device)
+        if self.config.channels_last and isinstance(inputs, torch.Tensor):
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         no_sync = getattr(self.network, "no_sync", None)
         context = no_sync() if no_sync is not None and not sync else contextlib.nullcontext()
         with context:
             with autocast(self.device, self.config.amp):
-                logits = self.network(images).logits
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.config.label_smoothing)
+                loss, terms = self.task.training_loss(self.network, inputs, targets)
             weight = (1.0 if count else 0.0) / self.config.accum_steps
             self.scaler.scale(loss * weight).backward()
-        return loss.item(), count
+        return loss.item(), {name: float(value) for name, value in terms.items()}, count
 
     def _optimizer_step(self) -> None:
         if self.config.clip_grad is not None:
@@ -364,34 +304,34 @@ class Trainer:
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
-    def validate(self) -> Evaluation:
+    def validate(self) -> dict[str, float]:
         batches = self.val_loader
         bar = self._progress_bar(len(batches), "validate")
         if bar is not None:
             batches = _counting(batches, bar)
-        result = evaluate(
-            self.eval_model, batches, len(self.classes), self.processes, self.config.amp, self.config.channels_last
-        )
+        metrics = self.task.evaluate(self.eval_model, batches)
         if bar is not None:
             bar.close()
-        return result
+        return metrics
 
-    def finish_epoch(self, evaluation: Evaluation) -> None:
+    def finish_epoch(self, metrics: dict[str, float]) -> None:
         progress = self.progress
-        loss_sum, images, skipped, seconds = self.processes.sum(
+        names = sorted(progress.term_sums)
+        loss_sum, images, skipped, seconds, *terms = self.processes.sum(
             [progress.loss_sum, progress.images, progress.skipped, progress.seconds]
+            + [progress.term_sums[name] for name in names]
         )
         seconds /= self.processes.world
+        validation = {key: value for key, value in metrics.items() if key != "skipped"}
         row = {
             "epoch": progress.epoch + 1,
             "train_loss": loss_sum / max(images, 1),
-            "val_loss": evaluation.loss,
-            "val_acc1": evaluation.acc1,
-            "val_acc5": evaluation.acc5,
+            **{name: total / max(images, 1) for name, total in zip(names, terms, strict=True)},
+            **validation,
             "lr": self.optimizer.param_groups[-1]["lr"],
             "images_per_sec": images / seconds if seconds else math.nan,
             "step": progress.step,
-            "skipped_images": int(skipped + evaluation.skipped),
+            "skipped_images": int(skipped + metrics.get("skipped", 0)),
         }
         progress.history.append(row)
         progress.epoch += 1
@@ -399,16 +339,16 @@ class Trainer:
         self.save_checkpoint()
         if not self.processes.is_main:
             return
-        self._log(row)
+        self.task.after_epoch(self.eval_model, row["epoch"], self.output_dir)
+        self._log(row, validation)
 
     # -- output --------------------------------------------------------------------------------
-    def _log(self, row: dict[str, Any]) -> None:
+    def _log(self, row: dict[str, Any], validation: dict[str, float]) -> None:
         history = self.progress.history
         with atomic_write(self.output_dir / "metrics.jsonl") as handle:
             handle.writelines(json.dumps(r) + "\n" for r in history)
         print(
-            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-            f"val top-1 {row['val_acc1']:.2f}%  top-5 {row['val_acc5']:.2f}%  "
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}  {self.task.describe(validation)}  "
             f"{row['images_per_sec']:.1f} img/s"
             + (f"  ({row['skipped_images']} unreadable images skipped)" if row["skipped_images"] else ""),
             flush=True,
@@ -444,11 +384,9 @@ class Trainer:
         return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, disable=None)
 
     def save_model(self) -> Path:
-        """The final weights (the EMA ones when EMA is on), HF layout, with the eval preprocessing."""
+        """The final model (the EMA weights when EMA is on), as the task saves it."""
         directory = self.output_dir / "model"
-        model = self.eval_model
-        model.save_pretrained(directory)
-        self.processor.save_pretrained(directory)
+        self.task.save_model(self.eval_model, directory)
         return directory
 
 
@@ -458,8 +396,14 @@ def _counting(batches, bar):
         bar.update(1)
 
 
-def train(config: TrainConfig, resume: str | Path | bool | None = None, overwrite: bool = False) -> list[dict]:
-    """Run (or, with `resume`, continue) training; returns the per-epoch metrics."""
+def train(
+    config: TrainConfig,
+    resume: str | Path | bool | None = None,
+    overwrite: bool = False,
+    task_class: type[Task] | None = None,
+) -> list[dict]:
+    """Run (or, with `resume`, continue) training; returns the per-epoch metrics. `task_class` plugs in
+    a task of your own (default: the built-in task named by `config.task`)."""
     processes = distributed.start(config.device)
     try:
         output_dir = Path(config.output_dir)
@@ -471,7 +415,7 @@ def train(config: TrainConfig, resume: str | Path | bool | None = None, overwrit
                 f"{output_dir} already holds a run ({last}); pass --resume to continue it, "
                 "--overwrite to start over, or another --output-dir"
             )
-        trainer = Trainer(config, processes)
+        trainer = Trainer(config, processes, task_class)
         return trainer.fit(resume or None)
     finally:
         distributed.stop()
