@@ -39,10 +39,13 @@ FINETUNE = {
     "random_erasing": 0.0,
     "epochs": 60,
     "batch_size": 20,
-    "lr": 2e-3,
     "warmup_epochs": 3,
     "drop_path_rate": 0.1,
 }
+# Each start gets the learning rate that was best for it on seed 0 (scratch: 1e-3 85.5%, 2e-3 92.5%,
+# 5e-3 90.0%; pretrained: layer decay 0.5 at 5e-3 95.8%, 0.65 at 5e-3 94.4%, 0.8 at 2e-3 90.8%).
+FROM_PRETRAINED = {"lr": 5e-3, "layer_decay": 0.5}
+FROM_SCRATCH = {"lr": 2e-3, "layer_decay": None, "model_overrides": MODEL}
 TARGET_POINTS = 5.0
 
 
@@ -81,13 +84,18 @@ def run_seed(seed: int, per_class: int, work: Path) -> dict:
     finetune = {**FINETUNE, "data": str(data), "seed": seed}
     pretrained = focalnet(
         "train",
-        {**finetune, "init_from": str(work / f"pretrain-{seed}" / "model"), "output_dir": str(work / f"ft-{seed}")},
+        {
+            **finetune,
+            **FROM_PRETRAINED,
+            "init_from": str(work / f"pretrain-{seed}" / "model"),
+            "output_dir": str(work / f"ft-{seed}"),
+        },
         "--recipe",
         "finetune",
     )
     scratch = focalnet(
         "train",
-        {**finetune, "model_overrides": MODEL, "layer_decay": None, "output_dir": str(work / f"scratch-{seed}")},
+        {**finetune, **FROM_SCRATCH, "output_dir": str(work / f"scratch-{seed}")},
         "--recipe",
         "finetune",
     )
@@ -106,10 +114,11 @@ def main() -> int:
     parser.add_argument("--per-class", type=int, default=10, help="labelled training images per class")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args()
+    runs = []
     with tempfile.TemporaryDirectory() as work:
-        runs = [run_seed(seed, args.per_class, Path(work)) for seed in args.seeds]
-        for run in runs:
-            print(json.dumps(run), flush=True)
+        for seed in args.seeds:
+            runs.append(run_seed(seed, args.per_class, Path(work)))
+            print(json.dumps(runs[-1]), flush=True)
     pretrained = [run["pretrained_top1"] for run in runs]
     scratch = [run["scratch_top1"] for run in runs]
 

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from ..modeling import FocalNetForImageClassification
 from .config import TrainConfig
 from .data import ImageDataset, collate, eval_processor, load_source, train_transform
+from .distributed import Processes
 from .evaluation import evaluate
 from .models import build_focalnet
 from .task import Batch, Task
@@ -36,7 +37,7 @@ def freeze(model: FocalNetForImageClassification, config: TrainConfig) -> None:
 class ClassificationTask(Task):
     name = "classification"
 
-    def __init__(self, config, processes) -> None:
+    def __init__(self, config: TrainConfig, processes: Processes) -> None:
         super().__init__(config, processes)
         self.train_source = load_source(config, "train")
         self.classes = self.train_source.classes
@@ -79,7 +80,9 @@ class ClassificationTask(Task):
         freeze(model, self.config)
         return model
 
-    def training_loss(self, network: nn.Module, inputs: torch.Tensor, targets: torch.Tensor):
+    def training_loss(
+        self, network: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         if self.mix is not None and len(inputs) > 1:
             inputs, targets = self.mix(inputs, targets)
         logits = network(inputs).logits

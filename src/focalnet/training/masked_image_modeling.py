@@ -18,7 +18,9 @@ from torch.utils.data import Dataset
 
 from ..masking import MaskGenerator
 from ..modeling import FocalNetForMaskedImageModeling
+from .config import TrainConfig
 from .data import ImageDataset, eval_processor, train_transform, unlabelled_source
+from .distributed import Processes
 from .evaluation import autocast
 from .models import build_focalnet
 from .task import Batch, Task
@@ -47,7 +49,7 @@ def collate_masked(samples: list[Any]) -> Batch:
 class MaskedImageModelingTask(Task):
     name = "masked-image-modeling"
 
-    def __init__(self, config, processes) -> None:
+    def __init__(self, config: TrainConfig, processes: Processes) -> None:
         super().__init__(config, processes)
         self.train_source = unlabelled_source(config, "train")
         self.val_source = unlabelled_source(config, "val")
@@ -84,7 +86,9 @@ class MaskedImageModelingTask(Task):
         return torch.zeros(1, len(self.config.mean), size, size), self._mask_generator()()[None]
 
     # -- steps ---------------------------------------------------------------------------------
-    def training_loss(self, network: nn.Module, inputs: torch.Tensor, targets: torch.Tensor):
+    def training_loss(
+        self, network: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         return network(inputs, bool_masked_pos=targets).loss.float(), {}
 
     @torch.no_grad()
