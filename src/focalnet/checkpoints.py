@@ -400,6 +400,19 @@ def from_pretrained(
     if architecture_overrides and not expand_focal:
         raise ValueError("changing focal_levels or focal_windows of a checkpoint needs expand_focal=True")
     resolved = resolve(source, config_overrides, **hub_kwargs)
+    return build_from_resolved(cls, resolved, config_overrides, architecture_overrides)
+
+
+def build_from_resolved(
+    cls: type[FocalNetPreTrainedModel],
+    resolved: Resolved,
+    config_overrides: dict[str, Any] | None = None,
+    architecture_overrides: dict[str, Any] | None = None,
+) -> FocalNetPreTrainedModel:
+    """`cls` with the weights of an already read checkpoint, in eval mode (the second half of
+    `from_pretrained`, for callers that look at the checkpoint before choosing the class)."""
+    config_overrides = config_overrides or {}
+    source = resolved.source
     config, state = resolved.config, resolved.state
     if architecture_overrides:
         from .transfer import expand_focal_weights

@@ -90,6 +90,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 """File suffixes taken as images when a directory is searched (prediction, training folders)."""
 
 
+def image_files(root: Path) -> list[Path]:
+    """The image files (by `IMAGE_SUFFIXES`) under the directory `root`, recursively, sorted."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open an image file as an RGB PIL image (EXIF orientation applied, see `to_rgb_image`)."""
     image_module, _, _ = _vision()

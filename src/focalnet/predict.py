@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .image_processing import IMAGE_SUFFIXES, FocalNetImageProcessor
+from .image_processing import FocalNetImageProcessor, image_files
 from .modeling import FocalNetForImageClassification
 from .registry import find_checkpoint
 
@@ -22,7 +22,7 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found += sorted(str(p) for p in image_files(path))
         else:
             found.append(str(path))
     return found

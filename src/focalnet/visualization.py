@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from ._io import atomic_path
-from .checkpoints import load_into, resolve
+from .checkpoints import build_from_resolved, resolve
 from .configuration import FocalNetConfig
 from .image_processing import FocalNetImageProcessor, to_rgb_image
 from .masking import MaskGenerator
@@ -414,11 +413,7 @@ def _load_model(source: str | os.PathLike, device: str) -> FocalNetPreTrainedMod
     """A classifier or a SimMIM model, as the checkpoint says; the weights are read once."""
     resolved = resolve(source, {})
     model_class = _model_class(resolved.config, resolved.state.keys(), str(source))
-    model = model_class(model_class.config_for_weights(resolved.config, resolved.state))
-    report = load_into(model, resolved.state, resolved.source)
-    if report["newly_initialized"]:
-        warnings.warn(f"weights not in {source}, left random: {', '.join(report['newly_initialized'])}", stacklevel=3)
-    return model.to(device).eval()
+    return build_from_resolved(model_class, resolved).to(device)
 
 
 def _model_class(config: FocalNetConfig, keys: Any, source: str) -> type[FocalNetPreTrainedModel]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..image_processing import IMAGE_SUFFIXES, FocalNetImageProcessor, load_image
+from ..image_processing import IMAGE_SUFFIXES, FocalNetImageProcessor, image_files, load_image
 from .config import TrainConfig
 
 
@@ -56,11 +56,6 @@ class LabelledImages:
             self.classes,
             [self.names[i] for i in indices],
         )
-
-
-def image_files(root: Path) -> list[Path]:
-    """Image files under `root`, recursively, in sorted order."""
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def image_folder(root: str | Path) -> LabelledImages:

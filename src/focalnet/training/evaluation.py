@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import Processes
+from .task import batch_inputs
 
 
 @dataclass
@@ -63,9 +64,7 @@ def evaluate(
             continue
         if label_map is not None:
             labels = label_map(labels)
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = batch_inputs(images, device, channels_last)
         labels = labels.to(device)
         with autocast(device, amp):
             logits = model(images).logits.float()

@@ -23,7 +23,7 @@ from .data import ImageDataset, eval_processor, train_transform, unlabelled_sour
 from .distributed import Processes
 from .evaluation import autocast
 from .models import build_focalnet
-from .task import Batch, Task
+from .task import Batch, Task, batch_inputs
 
 
 class WithMask:
@@ -103,9 +103,7 @@ class MaskedImageModelingTask(Task):
             skipped += dropped
             if len(pixels) == 0:
                 continue
-            pixels = pixels.to(device, non_blocking=True)
-            if self.config.channels_last:
-                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            pixels = batch_inputs(pixels, device, self.config.channels_last)
             with autocast(device, self.config.amp):
                 loss = model(pixels, bool_masked_pos=masks.to(device)).loss.float()
             loss_sum += loss.item() * len(pixels)

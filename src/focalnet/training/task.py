@@ -83,6 +83,14 @@ class Task:
         raise NotImplementedError
 
 
+def batch_inputs(inputs: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """A batch's inputs on `device`; a tensor of images also in channels-last memory when asked."""
+    inputs = move_to(inputs, device)
+    if channels_last and isinstance(inputs, torch.Tensor):
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs
+
+
 def move_to(value: Any, device: torch.device) -> Any:
     """Tensors (alone, or in lists, tuples and dicts) on `device`."""
     if isinstance(value, torch.Tensor):

@@ -31,7 +31,7 @@ from .config import TrainConfig
 from .data import ShardedSampler, evaluation_loader, sample_loader
 from .evaluation import autocast
 from .optim import build_ema, build_optimizer, warmup_cosine
-from .task import Task, move_to, task_named
+from .task import Task, batch_inputs, move_to, task_named
 
 CHECKPOINT_NAME = "checkpoint-last.pt"
 CHECKPOINT_FORMAT = "focalnet-training-checkpoint/1"
@@ -277,9 +277,8 @@ class Trainer:
         count = len(inputs)
         if count == 0:
             inputs, targets = self.task.placeholder_batch()
-        inputs, targets = move_to(inputs, self.device), move_to(targets, self.device)
-        if self.config.channels_last and isinstance(inputs, torch.Tensor):
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs = batch_inputs(inputs, self.device, self.config.channels_last)
+        targets = move_to(targets, self.device)
         no_sync = getattr(self.network, "no_sync", None)
         context = no_sync() if no_sync is not None and not sync else contextlib.nullcontext()
         with context:
