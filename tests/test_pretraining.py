@@ -101,6 +101,16 @@ def test_pretraining_learns_and_writes_its_outputs(pretrained: tuple[Path, list[
     first, last = (Image.open(output_dir / "reconstructions" / f"epoch-{e:03d}.png").convert("RGB") for e in (1, 6))
     box = (MARGIN, HEADER + MARGIN, MARGIN + panel, HEADER + MARGIN + panel)
     assert first.crop(box).tobytes() == last.crop(box).tobytes()
+    # the masked panels: validation masks are the same every epoch and differ between images
+    hidden = []
+    for row in range(3):
+        top, left = HEADER + MARGIN + row * (panel + MARGIN), 2 * MARGIN + panel
+        crops = [image.crop((left, top, left + panel, top + panel)) for image in (first, last)]
+        assert crops[0].tobytes() == crops[1].tobytes()
+        grey = torch.tensor(list(crops[0].getdata())).eq(128).all(dim=1)
+        assert 0.5 < grey.float().mean() < 0.75  # ~62% of the 8x8 cells (40 of 64) hidden
+        hidden.append(grey)
+    assert not torch.equal(hidden[0], hidden[1]) and not torch.equal(hidden[1], hidden[2])
     third = (MARGIN + 2 * (panel + MARGIN), HEADER + MARGIN)
     assert (
         first.crop((*third, third[0] + panel, third[1] + panel)).tobytes()
@@ -223,6 +233,17 @@ def test_unlabelled_sources_and_unreadable_images(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")
         trainer = Trainer(load_config(overrides=settings), Processes(0, 1, torch.device("cpu")))
     assert len(trainer.task.train_source) + len(trainer.task.val_source) == 12
+
+
+def test_validation_masks_are_fixed_per_image(photos: Path, tmp_path: Path) -> None:
+    """Every pass over the validation loader gives each image the same mask, and images differ."""
+    settings = pretrain_settings(photos, tmp_path / "run", eval_batch_size=5)
+    trainer = Trainer(load_config(overrides=settings), Processes(0, 1, torch.device("cpu")))
+    first, again = ([masks for _, masks, _ in trainer.val_loader] for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    masks = torch.cat(first)
+    assert len(masks) == len(trainer.task.val_source) == 18
+    assert len({tuple(mask.flatten().tolist()) for mask in masks}) > 1
 
 
 def test_image_size_must_fit_the_mask_cells(photos: Path, tmp_path: Path, capsys) -> None:
