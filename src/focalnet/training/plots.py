@@ -44,9 +44,12 @@ def plot_curves(history: Sequence[dict], path: str | Path) -> None:
         for key in metrics:
             metric_axes.plot(epochs, [row[key] for row in history], marker="o", label=key.removeprefix("val_"))
         metric_axes.set(xlabel="epoch", title="validation metrics")
+    from matplotlib.ticker import MaxNLocator
+
     for axes in panels[0]:
         axes.legend()
         axes.grid(alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     _save(figure, path)
     plt.close(figure)
 
