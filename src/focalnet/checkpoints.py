@@ -3,7 +3,9 @@
 `from_pretrained(source)` accepts a directory in HF layout (`config.json` + `model.safetensors`,
 `pytorch_model.bin` or a sharded index), a timm hub snapshot, a single weights file in HF,
 timm or original layout (`.safetensors`, `.bin`, `.pth`; plain or under "model"/"state_dict"),
-a registry name (`focalnet-tiny`) or a hub id. Without a `config.json` the architecture is
+a registry name (`focalnet-tiny`) or a hub id. A checkpoint of the original detection or
+segmentation code gives its backbone, with the output norms `norm0..3` as `FocalNetBackbone`'s
+(`use_backbone_layernorm`). Without a `config.json` the architecture is
 read from the tensors; the two flags tensors cannot show (pre- vs post-norm blocks and
 `normalize_modulator`) come from explicit arguments, the registry, or an error that says
 which to pass.
@@ -23,7 +25,7 @@ import torch
 
 from ._io import atomic_path
 from .configuration import CONFIG_NAME, FocalNetConfig
-from .formats import detect_layout, to_hf
+from .formats import detect_layout, split_dense_checkpoint, to_hf
 from .registry import Checkpoint, architecture_signature, find_checkpoint, match_architecture
 
 if TYPE_CHECKING:
@@ -225,12 +227,17 @@ def resolve(source: str | os.PathLike, config_overrides: dict[str, Any], **hub_k
         sibling = path.parent / CONFIG_NAME
         if path.name in (SAFETENSORS_NAME, PICKLE_NAME) and sibling.is_file():
             file_config, entry = _directory_config(path.parent, entry)
+    raw, output_norms = split_dense_checkpoint(raw)
     try:
         layout = detect_layout(raw)
         state = to_hf(raw)
     except KeyError as err:
         raise CheckpointError(f"{source}: {err.args[0]}") from None
     inferred = infer_config_kwargs(state)
+    if output_norms:
+        state.update(output_norms)
+        stages = sorted(key.split(".")[1] for key in output_norms if key.endswith(".weight"))
+        config_overrides = {"use_backbone_layernorm": True, "out_features": stages, **config_overrides}
     if entry is not None:
         config = entry.config(**config_overrides)
     elif file_config is not None:
@@ -346,7 +353,12 @@ def load_into(model: FocalNetPreTrainedModel, state: dict[str, torch.Tensor], so
     """
     state, dropped = adapt_state_dict(state, model)
     own = model.state_dict()
-    fresh_head = [k for k in own if k not in state and (not k.startswith(PREFIX) or k.endswith("mask_token"))]
+    unused = [re.compile(pattern) for pattern in getattr(model, "_keys_to_ignore_on_load_missing", ())]
+    fresh_head = [
+        k
+        for k in own
+        if k not in state and (not k.startswith(PREFIX) or k.endswith("mask_token") or any(p.search(k) for p in unused))
+    ]
     missing = [k for k in own if k not in state and k not in fresh_head]
     unexpected = [k for k in state if k not in own]
     mismatched = [
@@ -432,6 +444,8 @@ def build_from_resolved(
             stacklevel=3,
         )
     report = load_into(model, state, resolved.source)
+    unused = [re.compile(pattern) for pattern in getattr(model, "_keys_to_ignore_on_load_missing", ())]
+    report["newly_initialized"] = [k for k in report["newly_initialized"] if not any(p.search(k) for p in unused)]
     if report["newly_initialized"] and not replaced:
         dropped = report["dropped"]
         warnings.warn(

@@ -26,13 +26,13 @@ T = TypeVar("T")
 
 
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """A tqdm progress bar on stderr when tqdm is installed (the `cli` extra); plain iteration otherwise."""
+    """A tqdm progress bar on stderr when that is a terminal and tqdm is installed (the `cli` extra)."""
     try:
         from tqdm import tqdm
     except ImportError:
         yield from items
         return
-    yield from tqdm(items, desc=description, total=total, file=sys.stderr, leave=False)
+    yield from tqdm(items, desc=description, total=total, file=sys.stderr, leave=False, disable=None)
 
 
 def demo_image_path() -> str:
@@ -147,6 +147,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = find_images(args.inputs)
     if not images:
         raise ValueError(f"no image files found in {', '.join(args.inputs)}")
+    if _is_detector(args.model):
+        return predict_detections(args, images)
     predictor = Predictor.from_pretrained(args.model, device=args.device, **parse_overrides(args.set))
     results, failures = [], []
     batches = [images[i : i + args.batch_size] for i in range(0, len(images), args.batch_size)]
@@ -164,6 +166,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(result["path"])
             for guess in result["top_k"]:
                 print(f"  {guess['score']:7.2%}  {guess['index']:>5}  {guess['label']}")
+    if failures:
+        print(f"{len(failures)} of {len(images)} images could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _is_detector(source: str) -> bool:
+    try:
+        from .detection.models import is_detector_directory
+    except ImportError:
+        return False
+    return is_detector_directory(source)
+
+
+def predict_detections(args: argparse.Namespace, images: list[str]) -> int:
+    """Boxes (and masks) of a saved detector: PNGs with the detections drawn, and detections.json."""
+    from .detection.predict import DetectionPredictor
+
+    predictor = DetectionPredictor.from_pretrained(args.model, args.device, args.score_threshold)
+    output_dir = Path(args.output_dir)
+    results, failures = [], []
+    for path in progress(images, "detecting", total=len(images)) if len(images) > 1 else images:
+        found, failed = predictor.predict([path], output_dir)
+        results += found
+        failures += failed
+        for bad, error in failed:
+            print(f"skipped {bad}: {error}", file=sys.stderr)
+    report = {"predictions": results, "failed": [{"path": p, "error": e} for p, e in failures]}
+    with atomic_write(output_dir / "detections.json") as handle:
+        json.dump(report, handle, indent=1)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for result in results:
+            print(f"{result['path']}: {len(result['detections'])} detections -> {result['drawing']}")
+            for found in result["detections"]:
+                box = ", ".join(f"{v:.0f}" for v in found["box"])
+                print(f"  {found['score']:6.2f}  {found['label']:<16} [{box}]")
+        print(f"wrote {output_dir / 'detections.json'}")
     if failures:
         print(f"{len(failures)} of {len(images)} images could not be read", file=sys.stderr)
         return 1
@@ -232,6 +273,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 # focalnet train / evaluate
 TRAIN_OPTIONS = ("task", "data", "train_list", "val_list", "model", "init_from", "output_dir", "epochs")
 TRAIN_OPTIONS += ("batch_size", "lr", "device", "amp", "workers", "seed", "mask_patch_size", "mask_ratio")
+TRAIN_OPTIONS += ("train_annotations", "train_images", "val_annotations", "val_images", "detector", "min_size")
+TRAIN_OPTIONS += ("max_size",)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -260,13 +303,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "val_acc1" in last:
             best = max(row["val_acc1"] for row in history)
             print(f"done: {len(history)} epochs, last val top-1 {last['val_acc1']:.2f}%, best {best:.2f}%")
-        else:
+        elif "val_loss" in last:
             print(f"done: {len(history)} epochs, val loss {history[0]['val_loss']:.4f} -> {last['val_loss']:.4f}")
+        else:
+            shown = ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in last.items() if k.startswith("val_"))
+            print(f"done: {len(history)} epochs, last {shown}")
         print(f"model: {Path(config.output_dir) / 'model'}  metrics: {Path(config.output_dir) / 'metrics.jsonl'}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    task = args.task or ("detection" if _is_detector(args.model) else "classification")
+    if task in ("detection", "instance-segmentation"):
+        return evaluate_detections(args, task)
     from .training.evaluation import evaluate_checkpoint
     from .training.plots import plot_confusion_matrix
 
@@ -296,6 +345,49 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if len(shown) > args.show_classes:
         print(f"  ... {len(shown) - args.show_classes} more classes in {output_dir / 'evaluation.json'}")
     print(f"wrote {output_dir / 'evaluation.json'} and {output_dir / 'confusion_matrix.png'}")
+    return 0
+
+
+def evaluate_detections(args: argparse.Namespace, task: str) -> int:
+    """COCO mAP of a saved detector (pycocotools' COCOeval): evaluation.json, predictions.json, a table."""
+    from .detection.data import find_split
+    from .detection.evaluation import format_per_class_table
+    from .training.detection import evaluate_detector
+
+    if args.annotations or args.images:
+        if not (args.annotations and args.images):
+            raise ValueError("give both --annotations and --images, or --data")
+        annotations, images = args.annotations, args.images
+    elif args.data:
+        annotations, images = find_split(args.data, args.split)
+    else:
+        raise ValueError("detection evaluation needs --data (COCO layout) or --annotations with --images")
+    iou_types = ("bbox", "segm") if task == "instance-segmentation" else ("bbox",)
+    evaluation, results, skipped = evaluate_detector(
+        args.model, annotations, images, iou_types, args.batch_size, args.device, args.amp, args.workers, progress
+    )
+    output_dir = Path(args.output_dir)
+    with atomic_write(output_dir / "predictions.json") as handle:
+        json.dump(results, handle)
+    report = {**evaluation.stats, "per_class_ap": evaluation.per_class_ap, "skipped_images": skipped}
+    with atomic_write(output_dir / "evaluation.json") as handle:
+        json.dump(report, handle, indent=1)
+    for iou in iou_types:
+        stats = {k.removeprefix(f"{iou}_"): v for k, v in evaluation.stats.items() if k.startswith(f"{iou}_")}
+        print(f"{iou}: " + "  ".join(f"{name} {value:.4f}" for name, value in stats.items()))
+        print(f"{iou} AP per class (%):")
+        print(format_per_class_table(evaluation.per_class_ap[iou]))
+    if skipped:
+        print(f"{skipped} unreadable images skipped", file=sys.stderr)
+    print(f"wrote {output_dir / 'evaluation.json'} and {output_dir / 'predictions.json'}")
+    return 0
+
+
+def cmd_make_shapes(args: argparse.Namespace) -> int:
+    from .detection.synthetic import make_shapes_dataset
+
+    root = make_shapes_dataset(args.directory, args.train_images, args.val_images, args.seed)
+    print(f"wrote a COCO-layout dataset of {args.train_images} + {args.val_images} images to {root}")
     return 0
 
 
@@ -330,6 +422,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--mask-patch-size", type=positive_int, help="masked image modeling: mask cell side (px)")
     parser.add_argument("--mask-ratio", type=float, help="masked image modeling: share of cells hidden")
+    for split in ("train", "val"):
+        parser.add_argument(f"--{split}-annotations", help=f"detection: COCO instances JSON of the {split} split")
+        parser.add_argument(f"--{split}-images", help=f"detection: image directory of the {split} split")
+    parser.add_argument("--detector", choices=["faster_rcnn", "mask_rcnn", "retinanet"], help="detection model")
+    parser.add_argument("--min-size", type=positive_int, help="detection: shorter side at evaluation")
+    parser.add_argument("--max-size", type=positive_int, help="detection: longer side cap")
     parser.add_argument("--device", help="auto (default), cpu, cuda, ...")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"])
     parser.add_argument("--workers", type=int, help="data-loading processes per training process")
@@ -368,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     convert.set_defaults(handler=cmd_convert)
 
-    predict = commands.add_parser("predict", help="classify images with a pretrained classifier")
+    predict = commands.add_parser("predict", help="classify images, or detect objects with a saved detector")
     predict.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS", help="image files or directories")
     predict.add_argument("--model", required=True, help="directory, weights file, registry name or hub id")
     predict.add_argument("--top-k", type=positive_int, default=5, help="labels shown per image (default 5)")
@@ -376,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    predict.add_argument("--score-threshold", type=float, default=0.5, help="detectors: lowest score kept (0.5)")
+    predict.add_argument("--output-dir", default="predictions", help="detectors: where the drawings go")
     predict.set_defaults(handler=cmd_predict)
 
     visualize = commands.add_parser(
@@ -407,9 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_arguments(pretrain)
     pretrain.set_defaults(handler=cmd_train, task="masked-image-modeling")
 
-    evaluate = commands.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix")
+    evaluate = commands.add_parser("evaluate", help="accuracy and confusion matrix (classifiers), COCO mAP (detectors)")
     evaluate.add_argument("--model", required=True, help="directory, weights file, registry name or hub id")
-    evaluate.add_argument("--data", help="'digits', or a class-folder directory (DIR/<split> if it exists)")
+    evaluate.add_argument("--task", choices=["classification", "detection", "instance-segmentation"])
+    evaluate.add_argument("--data", help="'digits', a class-folder directory, or a COCO-layout directory")
+    evaluate.add_argument("--annotations", help="detection: COCO instances JSON (with --images)")
+    evaluate.add_argument("--images", help="detection: the image directory of --annotations")
     evaluate.add_argument("--list", help="CSV/JSON list of (path, label)")
     evaluate.add_argument("--split", default="val", help="sub-directory (or digits split) to use (default val)")
     evaluate.add_argument("--batch-size", type=positive_int, default=64)
@@ -419,6 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output-dir", default="evaluation", help="where evaluation.json and the PNG go")
     evaluate.add_argument("--show-classes", type=int, default=20, help="per-class lines printed (default 20)")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    shapes = commands.add_parser("make-shapes", help="write a synthetic COCO-layout detection dataset (shapes)")
+    shapes.add_argument("directory")
+    shapes.add_argument("--train-images", type=positive_int, default=300)
+    shapes.add_argument("--val-images", type=positive_int, default=60)
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.set_defaults(handler=cmd_make_shapes)
 
     export = commands.add_parser("export-digits", help="write held-out scikit-learn digits as PNG files")
     export.add_argument("directory")

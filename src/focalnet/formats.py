@@ -157,6 +157,28 @@ def hf_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 LAYOUTS = ("hf", "timm", "original")
+DENSE_PREFIX = "backbone."
+_DENSE_NORM = re.compile(r"norm(\d+)\.(weight|bias)$")
+
+
+def split_dense_checkpoint(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A checkpoint of the original detection or segmentation code (mmdet/mmseg: the backbone under
+    `backbone.`, its output norms `backbone.norm0..3`, heads beside it) -> (the backbone's encoder,
+    its output norms renamed to `FocalNetBackbone`'s `hidden_states_norms.stage{i+1}.*`). Any other
+    state dict comes back unchanged, with no norms."""
+    if not any(key.startswith(DENSE_PREFIX) for key in state):
+        return state, {}
+    encoder, norms = {}, {}
+    for key, value in state.items():
+        if not key.startswith(DENSE_PREFIX):
+            continue  # neck, RPN, RoI or decode heads
+        key = key.removeprefix(DENSE_PREFIX)
+        match = _DENSE_NORM.fullmatch(key)
+        if match:
+            norms[f"hidden_states_norms.stage{int(match[1]) + 1}.{match[2]}"] = value
+        else:
+            encoder[key] = value
+    return encoder, norms
 
 
 def detect_layout(state: dict[str, torch.Tensor]) -> str:

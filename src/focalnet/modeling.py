@@ -457,6 +457,9 @@ class FocalNetBackbone(FocalNetPreTrainedModel):
     original detection code does. Stages after the last requested one are not computed.
     """
 
+    # The encoder's final LayerNorm feeds no output: checkpoints of dense models lack it.
+    _keys_to_ignore_on_load_missing = (r"^focalnet\.layernorm\.",)
+
     def __init__(self, config: FocalNetConfig) -> None:
         super().__init__(config)
         self.focalnet = FocalNetModel(config)

@@ -182,6 +182,14 @@ _PRESET_LIST = [
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in _PRESET_LIST}
 
 
+def paper_drop_path(model_name: str) -> float:
+    """The paper's stochastic depth for a preset: T 0.2, S 0.3, B and larger 0.5 (others 0.1)."""
+    for size, rate in (("tiny", 0.2), ("small", 0.3), ("base", 0.5), ("large", 0.5), ("huge", 0.5)):
+        if size in model_name:
+            return rate
+    return 0.1
+
+
 def list_presets() -> list[str]:
     """Names accepted by `FocalNetConfig.from_preset`."""
     return list(PRESETS)

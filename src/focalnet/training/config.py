@@ -16,21 +16,36 @@ from pathlib import Path
 from typing import Any
 
 AMP_MODES = ("none", "bf16", "fp16")
-TASKS = ("classification", "masked-image-modeling")
-DEFAULT_RECIPES = {"classification": "finetune", "masked-image-modeling": "simmim"}
+TASKS = ("classification", "masked-image-modeling", "detection", "instance-segmentation")
+DEFAULT_RECIPES = {
+    "classification": "finetune",
+    "masked-image-modeling": "simmim",
+    "detection": "detection",
+    "instance-segmentation": "detection",
+}
+DETECTORS = ("faster_rcnn", "mask_rcnn", "retinanet")
+SCHEDULES = ("cosine", "step")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
 @dataclass
 class TrainConfig:
     task: str = "classification"
-    """What is trained: classification, or masked-image-modeling (SimMIM pretraining, no labels)."""
+    """What is trained: classification, masked-image-modeling (SimMIM pretraining, no labels),
+    detection (boxes) or instance-segmentation (boxes and masks; COCO layout data)."""
 
     # ---- data -------------------------------------------------------------------------------
     data: str | None = None
     """"digits" (scikit-learn's handwritten digits), or a directory holding `train/` and `val/`
     ImageFolder trees (one sub-directory per class). Masked image modeling takes any folder of
-    images (searched recursively; `train/` and `val/` used as the split when both exist)."""
+    images (searched recursively; `train/` and `val/` used as the split when both exist).
+    Detection takes a COCO layout: `train/`, `val/` (or `train2017/`, `val2017/`) and
+    `annotations/instances_train.json`, `instances_val.json` (or `..._train2017.json`)."""
+    train_annotations: str | None = None
+    """Detection: a COCO instances JSON for training (with `train_images`); replaces `data`."""
+    train_images: str | None = None
+    val_annotations: str | None = None
+    val_images: str | None = None
     train_list: str | None = None
     """CSV (`path,label` rows) or JSON list of {"path", "label"}; replaces `data` for training
     (masked image modeling needs only the paths)."""
@@ -82,6 +97,21 @@ class TrainConfig:
     reconstruction_images: int = 8
     """Validation images shown in each epoch's `reconstructions/epoch-NNN.png` (0 = none)."""
 
+    # ---- detection and instance segmentation -------------------------------------------------
+    detector: str | None = None
+    """faster_rcnn, mask_rcnn or retinanet; None: faster_rcnn for detection, mask_rcnn for instance segmentation."""
+    min_size: int = 800
+    """Shorter side the detector resizes images to for evaluation and prediction."""
+    max_size: int = 1333
+    """Longer side cap, in training and evaluation."""
+    scales: tuple[float, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+    """Training: each image's shorter side is resized to one of these (capped by max_size)."""
+    random_crop: float = 0.0
+    """Training: probability of a random crop that keeps part of every box (torchvision's RandomIoUCrop)."""
+    detector_kwargs: dict[str, Any] = field(default_factory=dict)
+    """More arguments of the detector builder: fpn_channels, trainable_stages, anchor_sizes,
+    gradient_checkpointing, or any torchvision argument (box_score_thresh, ...)."""
+
     # ---- optimisation -----------------------------------------------------------------------
     epochs: int = 30
     batch_size: int = 64
@@ -100,6 +130,9 @@ class TrainConfig:
     clip_grad: float | None = 5.0
     ema_decay: float | None = None
     """Keep an exponential moving average of the weights (evaluated and saved instead)."""
+    schedule: str = "cosine"
+    """cosine (to min_lr after the warm-up) or step (x0.1 at each of `decay_epochs`)."""
+    decay_epochs: tuple[float, ...] = (9, 11)
 
     # ---- runtime ----------------------------------------------------------------------------
     output_dir: str = "runs/train"
@@ -157,6 +190,12 @@ class TrainConfig:
             (self.mask_patch_size >= 1, "mask_patch_size must be >= 1"),
             (0 < self.mask_ratio < 1, "mask_ratio must be in (0, 1)"),
             (self.reconstruction_images >= 0, "reconstruction_images must be >= 0"),
+            (self.detector is None or self.detector in DETECTORS, f"detector must be one of {DETECTORS} or null"),
+            (1 <= self.min_size <= self.max_size, "min_size must be >= 1 and <= max_size"),
+            (len(self.scales) >= 1 and min(self.scales) >= 1, "scales must list shorter sides >= 1"),
+            (0 <= self.random_crop <= 1, "random_crop is a probability"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (all(e > 0 for e in self.decay_epochs), "decay_epochs must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -313,6 +352,34 @@ RECIPES: dict[str, dict[str, Any]] = {
         "mask_patch_size": 32,
         "mask_ratio": 0.6,
         "output_dir": "runs/pretrain",
+    },
+    # Mask R-CNN on COCO, 1x (SPEC 10): AdamW lr 1e-4 at batch 16, wd 0.05, 12 epochs with x0.1 at 9
+    # and 11, shorter side 480-800 (max 1333), flip 0.5, random crops.
+    "detection": {
+        "task": "detection",
+        "epochs": 12,
+        "batch_size": 16,
+        "lr": 1e-4,
+        "lr_scale_batch": 16,
+        "schedule": "step",
+        "decay_epochs": (9, 11),
+        "warmup_epochs": 0.1,
+        "warmup_lr": 1e-7,
+        "weight_decay": 0.05,
+        "clip_grad": None,
+        "layer_decay": None,
+        "ema_decay": None,
+        "min_size": 800,
+        "max_size": 1333,
+        "scales": (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800),
+        "hflip": 0.5,
+        "random_crop": 0.5,
+        "rand_augment": None,
+        "random_erasing": 0.0,
+        "mixup": 0.0,
+        "cutmix": 0.0,
+        "label_smoothing": 0.0,
+        "output_dir": "runs/detection",
     },
 }
 

@@ -290,12 +290,18 @@ class ImageDataset(Dataset):
         except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on broken files
             warnings.warn(f"skipping unreadable image {self.source.names[index]}: {error}", stacklevel=1)
             return None
-        outer_state = torch.get_rng_state()  # (torch.random.fork_rng would import dynamo: slow start)
-        torch.manual_seed(seed)
-        try:
-            return self.transform(image), self.source.labels[index]
-        finally:
-            torch.set_rng_state(outer_state)
+        return seeded(seed, self.transform, image), self.source.labels[index]
+
+
+def seeded(seed: int, function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` with the global torch RNG seeded by `seed`, and the outer RNG state kept:
+    random augmentation that depends on the sample alone."""
+    outer_state = torch.get_rng_state()  # (torch.random.fork_rng would import dynamo: slow start)
+    torch.manual_seed(seed)
+    try:
+        return function(*args)
+    finally:
+        torch.set_rng_state(outer_state)
 
 
 def collate(samples: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:

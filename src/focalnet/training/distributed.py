@@ -32,6 +32,14 @@ class Processes:
         dist.all_reduce(total)
         return total.cpu()
 
+    def gather(self, value: object) -> list[object]:
+        """Every process's `value` (picklable), in rank order."""
+        if self.world == 1:
+            return [value]
+        values: list[object] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()

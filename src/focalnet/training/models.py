@@ -6,17 +6,10 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from ..modeling import FocalNetPreTrainedModel
+from ..presets import paper_drop_path
 from .config import TrainConfig
 
 M = TypeVar("M", bound=FocalNetPreTrainedModel)
-
-
-def paper_drop_path(model_name: str) -> float:
-    """The paper's stochastic depth for a preset: T 0.2, S 0.3, B and larger 0.5 (others 0.1)."""
-    for size, rate in (("tiny", 0.2), ("small", 0.3), ("base", 0.5), ("large", 0.5), ("huge", 0.5)):
-        if size in model_name:
-            return rate
-    return 0.1
 
 
 def model_overrides(config: TrainConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -73,6 +73,18 @@ def warmup_cosine(total_steps: int, warmup_steps: int, base_lr: float, warmup_lr
     return factor
 
 
+def warmup_steps_decay(decay_steps: list[int], warmup_steps: int, base_lr: float, warmup_lr: float, gamma: float = 0.1):
+    """LambdaLR factor: linear warm-up, then the rate times `gamma` at each of `decay_steps` (the
+    detection schedule: epochs 9 and 11 of 12)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (warmup_lr + (base_lr - warmup_lr) * step / warmup_steps) / base_lr
+        return gamma ** sum(step >= boundary for boundary in decay_steps)
+
+    return factor
+
+
 def build_optimizer(
     model: nn.Module, lr: float, weight_decay: float, layer_decay: float | None, betas
 ) -> torch.optim.AdamW:

@@ -105,9 +105,11 @@ def move_to(value: Any, device: torch.device) -> Any:
 def task_named(name: str) -> type[Task]:
     """The built-in task class called `name` (`TrainConfig.task`)."""
     from .classification import ClassificationTask
+    from .detection import DetectionTask, InstanceSegmentationTask
     from .masked_image_modeling import MaskedImageModelingTask
 
-    tasks: dict[str, type[Task]] = {task.name: task for task in (ClassificationTask, MaskedImageModelingTask)}
+    builtin = (ClassificationTask, MaskedImageModelingTask, DetectionTask, InstanceSegmentationTask)
+    tasks: dict[str, type[Task]] = {task.name: task for task in builtin}
     if name not in tasks:
         raise ValueError(f"unknown task {name!r}; choose from {sorted(tasks)}")
     return tasks[name]

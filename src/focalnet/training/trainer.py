@@ -30,7 +30,7 @@ from . import distributed
 from .config import TrainConfig
 from .data import ShardedSampler, evaluation_loader, sample_loader
 from .evaluation import autocast
-from .optim import build_ema, build_optimizer, warmup_cosine
+from .optim import build_ema, build_optimizer, warmup_cosine, warmup_steps_decay
 from .task import Task, batch_inputs, move_to, task_named
 
 CHECKPOINT_NAME = "checkpoint-last.pt"
@@ -148,19 +148,24 @@ class Trainer:
             self.steps_per_epoch = min(self.steps_per_epoch, config.max_train_batches)
         lr = config.lr * config.lr_scale
         self.optimizer = build_optimizer(self.model, lr, config.weight_decay, config.layer_decay, config.betas)
-        schedule = warmup_cosine(
-            total_steps=config.epochs * self.steps_per_epoch,
-            warmup_steps=round(config.warmup_epochs * self.steps_per_epoch),
-            base_lr=lr,
-            warmup_lr=min(config.warmup_lr * config.lr_scale, lr),
-            min_lr=min(config.min_lr * config.lr_scale, lr),
-        )
+        schedule = self._schedule(lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.ema = build_ema(self.model, config.ema_decay) if config.ema_decay else None
         self.progress = Progress()
         self.network: nn.Module = self.model
         self._writer = None
+
+    def _schedule(self, lr: float):
+        """The LambdaLR factor of `config.schedule`, in optimiser steps."""
+        config, steps = self.config, self.steps_per_epoch
+        warmup_steps = round(config.warmup_epochs * steps)
+        warmup_lr = min(config.warmup_lr * config.lr_scale, lr)
+        if config.schedule == "step":
+            decay_steps = [round(epoch * steps) for epoch in config.decay_epochs]
+            return warmup_steps_decay(decay_steps, warmup_steps, lr, warmup_lr)
+        min_lr = min(config.min_lr * config.lr_scale, lr)
+        return warmup_cosine(config.epochs * steps, warmup_steps, lr, warmup_lr, min_lr)
 
     def _check_batch_split(self) -> None:
         config, world = self.config, self.processes.world
