@@ -164,6 +164,29 @@ def test_mask_rcnn_run_reports_mask_map(shapes: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs detector mask_rcnn"):
         train(load_config(recipe="detection", overrides=wrong))
 
+    model_dir, report_dir = tmp_path / "masks" / "model", tmp_path / "eval"
+    args = ["--model", str(model_dir), "--data", str(shapes), "--output-dir", str(report_dir)]
+    assert main(["evaluate", *args, "--task", "instance-segmentation", "--batch-size", "2"]) == 0
+    report = json.loads((report_dir / "evaluation.json").read_text())
+    assert report["segm_map"] == pytest.approx(history[0]["val_segm_map"], abs=1e-9)
+    assert len([key for key in report if key.startswith(("bbox_", "segm_"))]) == 24
+    predictions = json.loads((report_dir / "predictions.json").read_text())
+    assert predictions and all(set(p["segmentation"]) == {"size", "counts"} for p in predictions)
+
+    image = sorted((shapes / "val").glob("*.png"))[0]
+    drawn = tmp_path / "drawn"
+    args = ["predict", str(image), "--model", str(model_dir), "--output-dir", str(drawn), "--score-threshold", "0"]
+    assert main(args) == 0
+    detections = json.loads((drawn / "detections.json").read_text())["predictions"][0]["detections"]
+    assert detections and (drawn / f"{image.stem}.png").is_file()
+
+
+def test_retinanet_trains_on_the_engine(shapes: Path, tmp_path: Path) -> None:
+    values = settings(shapes, tmp_path / "retina", detector="retinanet", epochs=1, max_train_batches=2)
+    row = train(load_config(recipe="detection", overrides=values))[0]
+    assert {"loss_classification", "loss_bbox_regression", "val_bbox_map_50"} <= row.keys()
+    assert json.loads((tmp_path / "retina" / "model" / "config.json").read_text())["architecture"] == "retinanet"
+
 
 def test_kill_and_resume_equals_the_uninterrupted_run(shapes: Path, tmp_path: Path) -> None:
     common = {"deterministic": True, "checkpoint_every": 2, "epochs": 2, "max_train_batches": 4, "random_crop": 0.5}

@@ -42,6 +42,8 @@ def draw_detections(image: torch.Tensor, detections: dict[str, torch.Tensor], na
         image = draw_masks(image, detections["masks"][:, 0] > 0.5, alpha=0.45, colors=colours)
     scores = detections["scores"].tolist()
     captions = [f"{names.get(label, label)} {score:.2f}" for label, score in zip(labels, scores, strict=True)]
+    if not labels:
+        return image
     width = max(1, round(max(image.shape[-2:]) / 320))
     return draw_boxes(image, detections["boxes"], captions, colors=colours, width=width)
 

@@ -84,7 +84,11 @@ def predict_coco(
     device: torch.device,
     amp: str = "none",
 ) -> tuple[list[dict], int]:
-    """COCO results of `model` on every readable image of `batches`, and the number of unreadable ones."""
+    """COCO results of `model` on every readable image of `batches`, and the number of unreadable ones.
+
+    Each image goes through the detector alone, as torchvision's references evaluate: in a batch,
+    images are zero-padded to the largest, which changes what the others' borders see. Results
+    therefore depend neither on the batch size nor on the number of processes."""
     was_training = model.training
     model.eval()
     results: list[dict] = []
@@ -94,8 +98,8 @@ def predict_coco(
             skipped += dropped
             if not images:
                 continue
-            with autocast(device, amp):
-                outputs = model(batch_inputs(images, device))
+            with autocast(device, amp):  # one image at a time: a batch would pad images to its largest
+                outputs = [model([image])[0] for image in batch_inputs(images, device)]
             for output, target in zip(outputs, targets, strict=True):
                 output = {
                     key: (value.float() if value.is_floating_point() else value).cpu() for key, value in output.items()
