@@ -11,10 +11,11 @@ over the run, anchors, RPN and RoI settings, evaluation (COCO mAP from pycocotoo
 validation images resized to `--min-size`, after every epoch).
 
 The budget is training time. A short calibration run (`--calibration-batches`) measures each
-model's training images/s; its run then gets as many epochs as fit in `--minutes` at that speed
-(at least one), so each learning-rate schedule ends at its budget. Reported per model: parameters,
-images/s, and mAP@0.5 / mAP after each epoch against the cumulative training minutes. Target
-(the detection issue): FocalNet's mAP@0.5 >= 0.7 within 15 minutes; both models are reported either way.
+model's training images/s; its run then gets as many images as fit in `--minutes` at that speed,
+in whole epochs cut alike (`max_train_batches`), so each learning-rate schedule ends at its
+budget. Reported per model: parameters, images/s, and mAP@0.5 / mAP after each epoch against the
+cumulative training minutes. Target (the detection issue): FocalNet's mAP@0.5 >= 0.7 within 15
+minutes; both models are reported either way.
 
 FocalNet: `fasterrcnn_focalnet("focalnet-tiny")` (embed 96, depths 2-2-6-2, focal window 9), drop path
 0 (ResNet-50 has none; the runs are short). ResNet: `fasterrcnn_resnet50_fpn(weights=None,
@@ -129,10 +130,13 @@ def run_model(name: str, args: argparse.Namespace, data: Path, scratch: Path) ->
     probe = settings(args, data, scratch / f"{name}-probe", epochs=1, max_train_batches=args.calibration_batches)
     speed = train(load_config(recipe="detection", overrides=probe), overwrite=True, task_class=task_class)[0]
     images_per_sec = speed["images_per_sec"]
-    train_images = args.train_images - args.train_images % args.batch_size
-    epochs = max(1, math.floor(args.minutes * 60 * images_per_sec / train_images))
+    budget_batches = max(1, math.floor(args.minutes * 60 * images_per_sec / args.batch_size))
+    batches_per_epoch = args.train_images // args.batch_size
+    epochs = math.ceil(budget_batches / batches_per_epoch)
+    batches = min(batches_per_epoch, budget_batches // epochs)  # every epoch cut alike to fit the budget
+    train_images = batches * args.batch_size
     print(f"{name}: {images_per_sec:.2f} img/s in calibration -> {epochs} epochs of {train_images} images", flush=True)
-    run = settings(args, data, scratch / name, epochs=epochs)
+    run = settings(args, data, scratch / name, epochs=epochs, max_train_batches=batches)
     history = train(load_config(recipe="detection", overrides=run), overwrite=True, task_class=task_class)
     minutes, evaluations = 0.0, []
     for row in history:

@@ -566,3 +566,23 @@ def test_category_names_and_custom_anchors() -> None:
     assert generator.num_anchors_per_location() == [2] * 5
     assert config.anchor_sizes == [[16], [32], [64], [128], [256]]
     assert math.isclose(config.aspect_ratios[0][1], 2.0)
+
+
+def _largest_gradient(backbone: focalnet.FocalNetBackbone) -> float:
+    pixels = torch.randn(2, 3, 96, 160)
+    pixels[0, :, :, 96:] = 0  # zero padding, as torchvision batches images of different sizes
+    pixels[1, :, 64:] = 0
+    sum(feature.square().mean() for feature in backbone(pixels).feature_maps).backward()
+    return max(p.grad.abs().max().item() for p in backbone.parameters() if p.grad is not None)
+
+
+def test_from_scratch_backbone_has_ordinary_gradients_on_zero_padding() -> None:
+    """With HF's zero stem bias, padded positions reach every LayerNorm with zero variance and
+    FocalNet-T's gradients blow up (training from scratch stalled); the dense backbone's random
+    stem bias keeps them ordinary."""
+    backbone = dense_backbone("focalnet-tiny", drop_path_rate=0.0).train()
+    assert _largest_gradient(backbone) < 10
+    backbone.zero_grad()
+    with torch.no_grad():
+        backbone.focalnet.embeddings.patch_embeddings.projection.bias.zero_()
+    assert _largest_gradient(backbone) > 1e6  # what it guards against

@@ -5,6 +5,7 @@ that finish despite bad annotations and images."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -244,3 +245,24 @@ def test_bad_boxes_missing_images_and_empty_images_are_counted_not_fatal(shapes:
     assert "1 boxes reaching outside their image were clipped, 1 boxes without area" in messages
     assert "1 images listed" in messages
     assert history[0]["skipped_images"] == 2  # the missing and the unreadable image, each seen once
+
+
+def test_bf16_autocast_and_accumulation_run(shapes: Path, tmp_path: Path) -> None:
+    values = settings(shapes, tmp_path / "amp", epochs=1, batch_size=4, accum_steps=2, max_train_batches=2, amp="bf16")
+    row = train(load_config(recipe="detection", overrides=values))[0]
+    assert row["step"] == 2 and all(math.isfinite(row[key]) for key in ("train_loss", "loss_box_reg", "val_bbox_map"))
+
+
+def test_backbone_from_a_pretraining_run(tmp_path: Path) -> None:
+    """A SimMIM model's encoder becomes the detector's backbone (decoder and mask token dropped)."""
+    from focalnet import FocalNetConfig, FocalNetForMaskedImageModeling
+    from focalnet.detection import fasterrcnn_focalnet
+
+    config = FocalNetConfig(embed_dim=16, depths=[1, 1, 1, 1], focal_windows=[9] * 4, encoder_stride=32)
+    pretrained = FocalNetForMaskedImageModeling(config)
+    pretrained.save_pretrained(tmp_path / "mim")
+    detector = fasterrcnn_focalnet(tmp_path / "mim", num_classes=3, fpn_channels=32)
+    ours = detector.backbone.body.state_dict()
+    theirs = {k: v for k, v in pretrained.state_dict().items() if k.startswith("focalnet.") and "mask_token" not in k}
+    assert theirs.keys() <= ours.keys()
+    assert all(torch.equal(ours[key], value) for key, value in theirs.items())

@@ -114,7 +114,7 @@ def dense_backbone(
     stage_names = [f"stage{i}" for i in stages]
     if isinstance(source, FocalNetConfig):  # an exact architecture (a saved detector's): no defaults
         settings = {"use_backbone_layernorm": True, "out_features": stage_names, **overrides}
-        return FocalNetBackbone(FocalNetConfig.from_dict(source.to_dict(), **settings))
+        return _fresh(FocalNetConfig.from_dict(source.to_dict(), **settings))
     name = str(source)
     config = FocalNetConfig.from_preset(name) if name in PRESETS else None
     drop_path = paper_drop_path(Path(name).name)
@@ -122,7 +122,7 @@ def dense_backbone(
     window = settings.pop("focal_windows", None)
     if config is not None:
         settings["focal_windows"] = window or [max(w, DENSE_FOCAL_WINDOW) for w in config.focal_windows]
-        return FocalNetBackbone(FocalNetConfig.from_dict(config.to_dict(), **settings))
+        return _fresh(FocalNetConfig.from_dict(config.to_dict(), **settings))
     from ..checkpoints import build_from_resolved, resolve
 
     levels = settings.pop("focal_levels", None)
@@ -134,3 +134,18 @@ def dense_backbone(
     }
     changed = {key: value for key, value in target.items() if list(value) != list(getattr(current, key))}
     return build_from_resolved(FocalNetBackbone, resolved, settings, changed).train()
+
+
+def _fresh(config: FocalNetConfig) -> FocalNetBackbone:
+    """A randomly initialised backbone whose stem bias is random too (HF's init sets it to zero).
+
+    Detectors zero-pad the images of a batch to one size. With a zero stem bias every padded
+    position enters the network as the zero vector, whose LayerNorm has zero variance: each
+    LayerNorm it passes multiplies its gradient by 1/sqrt(eps), about 1e17 by stage 4 of
+    FocalNet-T, and training from scratch stalls (clipped to nothing) or diverges.
+    """
+    backbone = FocalNetBackbone(config)
+    stem = backbone.focalnet.embeddings.patch_embeddings.projection
+    with torch.no_grad():
+        stem.bias.normal_(0.0, config.initializer_range)
+    return backbone

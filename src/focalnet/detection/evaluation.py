@@ -125,6 +125,7 @@ class CocoEvaluation:
 
 
 def load_ground_truth(ground_truth: COCO | str | os.PathLike[str]) -> COCO:
+    """pycocotools' COCO object of an instances file (read quietly), or the object given."""
     if isinstance(ground_truth, (str, os.PathLike)):
         with contextlib.redirect_stdout(io.StringIO()):
             return _pycocotools().coco.COCO(os.fspath(ground_truth))

@@ -1,6 +1,7 @@
 """Training and evaluation: `focalnet train` / `pretrain` / `evaluate` and their Python API.
 
-One engine (`Trainer`) runs every task (`Task`): classification and masked image modeling here.
+One engine (`Trainer`) runs every task (`Task`): classification, masked image modeling, and
+detection and instance segmentation (`focalnet.training.detection`) here.
 """
 
 from .config import RECIPES, TASKS, TrainConfig, load_config

@@ -26,7 +26,7 @@ Batch = tuple[Any, Any, int]
 
 
 class Task:
-    """The interface; `ClassificationTask` and `MaskedImageModelingTask` are worked examples."""
+    """The interface; `ClassificationTask`, `MaskedImageModelingTask` and `DetectionTask` are worked examples."""
 
     name: ClassVar[str]
 
