@@ -349,17 +349,17 @@ def load_into(model: FocalNetPreTrainedModel, state: dict[str, torch.Tensor], so
     """Copy HF-layout `state` into `model`, strictly: any missing, unexpected or mis-shaped key is an error.
 
     Head weights the class lacks are dropped, and parameters a fresh head adds (a classifier or
-    decoder on a bare encoder, a mask token) keep their initial values; both are reported.
+    decoder on a bare encoder, a mask token) keep their initial values; both are reported. Keys the
+    model declares unused (`_keys_to_ignore_on_load_missing`) may be absent and are not reported.
     """
     state, dropped = adapt_state_dict(state, model)
     own = model.state_dict()
     unused = [re.compile(pattern) for pattern in getattr(model, "_keys_to_ignore_on_load_missing", ())]
+    ignored = [k for k in own if k not in state and any(p.search(k) for p in unused)]  # kept at their init
     fresh_head = [
-        k
-        for k in own
-        if k not in state and (not k.startswith(PREFIX) or k.endswith("mask_token") or any(p.search(k) for p in unused))
+        k for k in own if k not in state and k not in ignored and (not k.startswith(PREFIX) or k.endswith("mask_token"))
     ]
-    missing = [k for k in own if k not in state and k not in fresh_head]
+    missing = [k for k in own if k not in state and k not in fresh_head and k not in ignored]
     unexpected = [k for k in state if k not in own]
     mismatched = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -444,8 +444,6 @@ def build_from_resolved(
             stacklevel=3,
         )
     report = load_into(model, state, resolved.source)
-    unused = [re.compile(pattern) for pattern in getattr(model, "_keys_to_ignore_on_load_missing", ())]
-    report["newly_initialized"] = [k for k in report["newly_initialized"] if not any(p.search(k) for p in unused)]
     if report["newly_initialized"] and not replaced:
         dropped = report["dropped"]
         warnings.warn(

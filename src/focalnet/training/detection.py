@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..detection import data
-from ..detection.evaluation import STAT_NAMES, CocoEvaluation, coco_evaluate, to_coco_results
+from ..detection.evaluation import STAT_NAMES, CocoEvaluation, coco_evaluate, load_ground_truth, to_coco_results
 from ..detection.models import build_detector, detector_config, from_pretrained, save_pretrained
 from .config import TrainConfig
 from .data import evaluation_loader, seeded
@@ -100,18 +100,15 @@ def predict_coco(
                 continue
             with autocast(device, amp):  # one image at a time: a batch would pad images to its largest
                 outputs = [model([image])[0] for image in batch_inputs(images, device)]
-            for output, target in zip(outputs, targets, strict=True):
-                output = {
-                    key: (value.float() if value.is_floating_point() else value).cpu() for key, value in output.items()
-                }
+            for output, target in zip(outputs, targets, strict=True):  # (to_coco_results moves them to fp32 CPU)
                 results += to_coco_results(target["image_id"], output, label_to_category, iou_types)
     model.train(was_training)
     return results, skipped
 
 
-def evaluation_metrics(evaluation: CocoEvaluation, iou_types: tuple[str, ...]) -> dict[str, float]:
-    """The validation columns of metrics.jsonl: `val_bbox_map`, `val_bbox_map_50`, ..."""
-    return {f"val_{iou}_{name}": evaluation.stats[f"{iou}_{name}"] for iou in iou_types for name in LOGGED_STATS[iou]}
+def evaluation_metrics(stats: dict[str, float], iou_types: tuple[str, ...]) -> dict[str, float]:
+    """The validation columns of metrics.jsonl (`val_bbox_map`, `val_bbox_map_50`, ...) from COCOeval's stats."""
+    return {f"val_{iou}_{name}": stats[f"{iou}_{name}"] for iou in iou_types for name in LOGGED_STATS[iou]}
 
 
 class DetectionTask(Task):
@@ -198,15 +195,13 @@ class DetectionTask(Task):
             evaluation = coco_evaluate(self.ground_truth(), gathered, self.iou_types)
             values = [evaluation.stats[name] for name in names]
         values = processes.sum(values)
-        stats = CocoEvaluation(dict(zip(names, values, strict=True)), {})
+        stats = dict(zip(names, values, strict=True))
         skipped = processes.sum([skipped])[0]
         return {**evaluation_metrics(stats, self.iou_types), "skipped": int(skipped)}
 
     def ground_truth(self):
         """pycocotools' COCO object of the validation annotations (read once)."""
         if self._ground_truth is None:
-            from ..detection.evaluation import load_ground_truth
-
             self._ground_truth = load_ground_truth(self.val_annotations.path)
         return self._ground_truth
 
@@ -246,8 +241,6 @@ def evaluate_detector(
     progress: Callable[[Iterable, str, int], Iterable] | None = None,
 ) -> tuple[CocoEvaluation, list[dict], int]:
     """`focalnet evaluate` for a saved detector: (COCOeval's numbers, the COCO results, unreadable images)."""
-    from ..detection.evaluation import load_ground_truth
-
     model = from_pretrained(source, device=device)
     coco = data.read_annotations(annotations, images)
     if [c["id"] for c in coco.categories] != detector_config(model).label_to_category[1:]:
