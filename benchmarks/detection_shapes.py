@@ -25,11 +25,8 @@ weights_backbone=None)`, all layers trained with BatchNorm, as torchvision build
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
 import sys
 import tempfile
 import warnings
@@ -39,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from focalnet.benchmark import machine_info
 from focalnet.detection import make_shapes_dataset
 from focalnet.detection.models import DetectorConfig
 from focalnet.training import load_config, train
@@ -86,17 +84,6 @@ class ResNet50DetectionTask(DetectionTask):
 
     def save_model(self, model: nn.Module, directory: Path) -> None:
         """Nothing to keep: only the numbers matter here."""
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def settings(args: argparse.Namespace, data: Path, output_dir: Path, **extra: Any) -> dict[str, Any]:
@@ -206,14 +193,8 @@ def main() -> int:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
 
-    machine = {
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-    print(f"{machine['cpu']}, {machine['cpu_count']} CPUs, torch {machine['torch']}, {machine['date']}", flush=True)
+    machine = machine_info("cpu")
+    print(f"{machine['cpu']}, {machine['cpu_count']} CPUs, torch {torch.__version__}, {machine['date']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="detection-shapes-") as temporary:
         scratch = Path(temporary)
         data = args.data or scratch / "shapes"

@@ -228,6 +228,23 @@ def test_parameter_groups_skip_frozen_parameters() -> None:
         assert grouped  # the rest still trains
 
 
+def test_head_lr_scale_applies_outside_the_encoder() -> None:
+    """Heads, pyramids and output norms train at head_lr_scale x lr; the FocalNet encoder at lr."""
+    model = focalnet.UperNetForSemanticSegmentation.from_backbone(
+        "focalnet-tiny", num_labels=3, backbone_overrides={"embed_dim": 8, "depths": [1, 1, 1, 1]}, hidden_size=8
+    )
+    groups = parameter_groups(model, 0.05, layer_decay=None, base_lr=1e-3, head_lr_scale=0.1)
+    lr = {n: g["lr"] for n, p in model.named_parameters() for g in groups if any(p is q for q in g["params"])}
+    assert {v for n, v in lr.items() if n.startswith("backbone.focalnet.")} == {1e-3}
+    outside = {n: v for n, v in lr.items() if not n.startswith("backbone.focalnet.")}
+    assert any(n.startswith("backbone.hidden_states_norms.") for n in outside)
+    assert all(v == pytest.approx(1e-4) for v in outside.values()) and len(outside) > 10
+    classifier = _optim_model(focalnet.FocalNetForImageClassification)
+    groups = parameter_groups(classifier, 0.05, layer_decay=0.5, base_lr=1e-3, head_lr_scale=10.0)
+    lr = {n: g["lr"] for n, p in classifier.named_parameters() for g in groups if any(p is q for q in g["params"])}
+    assert lr["classifier.weight"] == pytest.approx(1e-2) and lr["focalnet.layernorm.weight"] == pytest.approx(1e-3)
+
+
 def test_layer_decay_learning_rates() -> None:
     model = _optim_model(focalnet.FocalNetForImageClassification)
     base = 1e-3

@@ -19,9 +19,11 @@ from .outputs import (
     FocalNetImageClassifierOutput,
     FocalNetMaskedImageModelingOutput,
     FocalNetModelOutput,
+    SemanticSegmenterOutput,
 )
 from .presets import list_presets
 from .registry import list_checkpoints
+from .segmentation import UperNetConfig, UperNetForSemanticSegmentation
 
 __version__ = "0.1.0"
 
@@ -39,6 +41,9 @@ __all__ = [
     "FocalNetModelOutput",
     "FocalNetPreTrainedModel",
     "MaskGenerator",
+    "SemanticSegmenterOutput",
+    "UperNetConfig",
+    "UperNetForSemanticSegmentation",
     "list_checkpoints",
     "list_presets",
 ]

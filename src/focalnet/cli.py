@@ -149,6 +149,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"no image files found in {', '.join(args.inputs)}")
     if _is_detector(args.model):
         return predict_detections(args, images)
+    if _is_segmenter(args.model):
+        return predict_segmentation(args, images)
     predictor = Predictor.from_pretrained(args.model, device=args.device, **parse_overrides(args.set))
     results, failures = [], []
     batches = [images[i : i + args.batch_size] for i in range(0, len(images), args.batch_size)]
@@ -178,6 +180,32 @@ def _is_detector(source: str) -> bool:
     except ImportError:
         return False
     return is_detector_directory(source)
+
+
+def _is_segmenter(source: str) -> bool:
+    from .segmentation import is_upernet_directory
+
+    return is_upernet_directory(source)
+
+
+def predict_segmentation(args: argparse.Namespace, images: list[str]) -> int:
+    """Label maps (PNG, palette) and colour overlays with a legend, per image, of a saved UperNet."""
+    from .segmentation import UperNetForSemanticSegmentation
+    from .segmentation.inference import SegmentationPreprocessing
+    from .segmentation.predict import predict_images
+
+    model = UperNetForSemanticSegmentation.from_pretrained(args.model)
+    processing = SegmentationPreprocessing.load(args.model)
+    written, failures = predict_images(
+        model, processing, images, args.output_dir, args.window, args.stride, args.device, progress
+    )
+    for failure in failures:
+        print(f"skipped {failure}", file=sys.stderr)
+    print(f"wrote {len(written)} files ({len(written) // 2} label maps and overlays) to {args.output_dir}")
+    if failures:
+        print(f"{len(failures)} of {len(images)} images could not be read", file=sys.stderr)
+        return 1
+    return 0
 
 
 def predict_detections(args: argparse.Namespace, images: list[str]) -> int:
@@ -313,9 +341,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    task = args.task or ("detection" if _is_detector(args.model) else "classification")
+    task = args.task or ("detection" if _is_detector(args.model) else None)
+    task = task or ("semantic-segmentation" if _is_segmenter(args.model) else "classification")
     if task in ("detection", "instance-segmentation"):
         return evaluate_detections(args, task)
+    if task == "semantic-segmentation":
+        return evaluate_segmentation(args)
     from .training.evaluation import evaluate_checkpoint
     from .training.plots import plot_confusion_matrix
 
@@ -345,6 +376,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if len(shown) > args.show_classes:
         print(f"  ... {len(shown) - args.show_classes} more classes in {output_dir / 'evaluation.json'}")
     print(f"wrote {output_dir / 'evaluation.json'} and {output_dir / 'confusion_matrix.png'}")
+    return 0
+
+
+def evaluate_segmentation(args: argparse.Namespace) -> int:
+    """Whole-set mIoU, pixel and mean accuracy, per-class IoU and accuracy of a saved UperNet."""
+    from .segmentation.metrics import format_class_table
+    from .training.segmentation import evaluate_segmenter
+
+    if not args.data:
+        raise ValueError("semantic segmentation evaluation needs --data (an ADE20K-layout directory)")
+    split = {"val": "validation", "train": "training"}.get(args.split, args.split)
+    report, names = evaluate_segmenter(
+        args.model,
+        args.data,
+        split,
+        args.batch_size,
+        args.device,
+        args.amp,
+        args.workers,
+        args.window,
+        args.stride,
+        progress,
+    )
+    output_dir = Path(args.output_dir)
+    with atomic_write(output_dir / "evaluation.json") as handle:
+        json.dump(report, handle, indent=1)
+    print(
+        f"images {report['images']}  mIoU {report['miou']:.4f}  pixel accuracy {report['pixel_accuracy']:.4f}  "
+        f"mean accuracy {report['mean_accuracy']:.4f}  loss {report['loss']:.4f}"
+    )
+    if report["skipped_images"]:
+        print(f"{report['skipped_images']} images skipped (unreadable or without a usable label map)", file=sys.stderr)
+    ious, accuracies = list(report["per_class_iou"].values()), list(report["per_class_accuracy"].values())
+    print(format_class_table(names, ious, accuracies, limit=args.show_classes))
+    print(f"wrote {output_dir / 'evaluation.json'}")
     return 0
 
 
@@ -386,8 +452,9 @@ def evaluate_detections(args: argparse.Namespace, task: str) -> int:
 def cmd_make_shapes(args: argparse.Namespace) -> int:
     from .detection.synthetic import make_shapes_dataset
 
-    root = make_shapes_dataset(args.directory, args.train_images, args.val_images, args.seed)
-    print(f"wrote a COCO-layout dataset of {args.train_images} + {args.val_images} images to {root}")
+    root = make_shapes_dataset(args.directory, args.train_images, args.val_images, args.seed, layout=args.layout)
+    kind = {"coco": "a COCO-layout detection", "ade20k": "an ADE20K-layout segmentation"}[args.layout]
+    print(f"wrote {kind} dataset of {args.train_images} + {args.val_images} images to {root}")
     return 0
 
 
@@ -405,6 +472,11 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def add_window_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--window", type=positive_int, help="segmentation: sliding-window inference, tile side (px)")
+    parser.add_argument("--stride", type=positive_int, help="segmentation: tile step (default 2/3 of --window)")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -466,7 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     convert.set_defaults(handler=cmd_convert)
 
-    predict = commands.add_parser("predict", help="classify images, or detect objects with a saved detector")
+    predict = commands.add_parser(
+        "predict", help="classify images, detect objects (saved detectors) or segment them (saved UperNets)"
+    )
     predict.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS", help="image files or directories")
     predict.add_argument("--model", required=True, help="directory, weights file, registry name or hub id")
     predict.add_argument("--top-k", type=positive_int, default=5, help="labels shown per image (default 5)")
@@ -475,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     predict.add_argument("--score-threshold", type=float, default=0.5, help="detectors: lowest score kept (0.5)")
-    predict.add_argument("--output-dir", default="predictions", help="detectors: where the drawings go")
+    predict.add_argument("--output-dir", default="predictions", help="detectors, segmenters: where the files go")
+    add_window_arguments(predict)
     predict.set_defaults(handler=cmd_predict)
 
     visualize = commands.add_parser(
@@ -507,10 +582,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_arguments(pretrain)
     pretrain.set_defaults(handler=cmd_train, task="masked-image-modeling")
 
-    evaluate = commands.add_parser("evaluate", help="accuracy and confusion matrix (classifiers), COCO mAP (detectors)")
+    evaluate = commands.add_parser(
+        "evaluate", help="accuracy and confusion matrix (classifiers), COCO mAP (detectors), mIoU (segmenters)"
+    )
     evaluate.add_argument("--model", required=True, help="directory, weights file, registry name or hub id")
-    evaluate.add_argument("--task", choices=["classification", "detection", "instance-segmentation"])
-    evaluate.add_argument("--data", help="'digits', a class-folder directory, or a COCO-layout directory")
+    evaluate.add_argument(
+        "--task", choices=["classification", "detection", "instance-segmentation", "semantic-segmentation"]
+    )
+    add_window_arguments(evaluate)
+    evaluate.add_argument("--data", help="'digits', a class-folder, COCO-layout or ADE20K-layout directory")
     evaluate.add_argument("--annotations", help="detection: COCO instances JSON (with --images)")
     evaluate.add_argument("--images", help="detection: the image directory of --annotations")
     evaluate.add_argument("--list", help="CSV/JSON list of (path, label)")
@@ -523,11 +603,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--show-classes", type=int, default=20, help="per-class lines printed (default 20)")
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    shapes = commands.add_parser("make-shapes", help="write a synthetic COCO-layout detection dataset (shapes)")
+    shapes = commands.add_parser(
+        "make-shapes",
+        help="write a synthetic shapes dataset, COCO (detection) or ADE20K (semantic segmentation) layout",
+    )
     shapes.add_argument("directory")
     shapes.add_argument("--train-images", type=positive_int, default=300)
     shapes.add_argument("--val-images", type=positive_int, default=60)
     shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument(
+        "--layout", choices=["coco", "ade20k"], default="coco", help="COCO or ADE20K files (default: %(default)s)"
+    )
     shapes.set_defaults(handler=cmd_make_shapes)
 
     export = commands.add_parser("export-digits", help="write held-out scikit-learn digits as PNG files")

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write
+from ._io import atomic_write, read_json_object
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "focalnet"
@@ -21,7 +21,45 @@ ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 _DERIVED_KEYS = ("model_type", "stage_names")
 
 
-class FocalNetConfig:
+class ConfigFile:
+    """JSON (de)serialisation shared by the configs: `to_dict` / `from_dict` are each config's own."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **overrides: Any):
+        raise NotImplementedError
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        with atomic_write(path) as handle:
+            handle.write(self.to_json_string())
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike):
+        return cls.from_dict(read_json_object(path))
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write `config.json` into `save_directory` (created if needed)."""
+        save_directory = Path(save_directory)
+        if save_directory.is_file():
+            raise ValueError(f"{save_directory} is a file; save_pretrained needs a directory")
+        self.to_json_file(save_directory / CONFIG_NAME)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+    def copy(self):
+        return self.from_dict(self.to_dict())
+
+
+class FocalNetConfig(ConfigFile):
     """Configuration of a FocalNet model, field for field the one of `transformers.FocalNetConfig`.
 
     Stage `i` has width `embed_dim * 2**i`; `hidden_sizes` is kept only as metadata (HF's
@@ -229,24 +267,7 @@ class FocalNetConfig:
         return features, [names.index(f) for f in features]
 
     def _set_labels(self, num_labels: int | None, id2label: dict | None, label2id: dict | None) -> None:
-        if id2label is not None:
-            id2label = {int(k): str(v) for k, v in id2label.items()}
-            if sorted(id2label) != list(range(len(id2label))):
-                raise ValueError("id2label keys must be the integers 0..num_labels-1")
-            if num_labels is not None and num_labels != len(id2label):
-                raise ValueError(f"num_labels={num_labels} but id2label has {len(id2label)} entries")
-        else:
-            if num_labels is None:
-                num_labels = 2  # HF's default, so configs without labels build the same head
-            if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 0:
-                raise ValueError(f"num_labels must be a non-negative integer, got {num_labels!r}")
-            id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
-        self.id2label = id2label
-        self.label2id = (
-            {str(k): int(v) for k, v in label2id.items()}
-            if label2id is not None
-            else {name: i for i, name in id2label.items()}
-        )
+        self.id2label, self.label2id = label_maps(num_labels, id2label, label2id)
 
     # ----------------------------------------------------------------------------------------
     # (de)serialisation
@@ -299,44 +320,7 @@ class FocalNetConfig:
                 f"this config describes a {model_type!r} model, not FocalNet (model_type 'focalnet'); "
                 "use the library made for that architecture"
             )
-        # an override of one field of a derived pair replaces the stored partner
-        for given, partner in (("out_features", "out_indices"), ("out_indices", "out_features")):
-            if given in overrides and partner not in overrides:
-                data.pop(partner, None)
-        if overrides.get("num_labels") is not None and "id2label" not in overrides:
-            data.pop("id2label", None)
-            data.pop("label2id", None)
-        if "id2label" in overrides and "label2id" not in overrides:
-            data.pop("label2id", None)
-        data.update(overrides)
-        return cls(**data)
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    def to_json_file(self, path: str | os.PathLike) -> None:
-        with atomic_write(path) as handle:
-            handle.write(self.to_json_string())
-
-    @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> FocalNetConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no config file at {path}") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); the file is damaged, fetch or save it again") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
-        return cls.from_dict(data)
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write `config.json` into `save_directory` (created if needed)."""
-        save_directory = Path(save_directory)
-        if save_directory.is_file():
-            raise ValueError(f"{save_directory} is a file; save_pretrained needs a directory")
-        self.to_json_file(save_directory / CONFIG_NAME)
+        return cls(**merge_overrides(data, overrides, (("out_features", "out_indices"),)))
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, **overrides: Any) -> FocalNetConfig:
@@ -360,16 +344,6 @@ class FocalNetConfig:
         from .presets import preset_config_dict
 
         return cls.from_dict(preset_config_dict(name), **overrides)
-
-    # ----------------------------------------------------------------------------------------
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, FocalNetConfig) and self.to_dict() == other.to_dict()
-
-    def __repr__(self) -> str:
-        return f"FocalNetConfig {self.to_json_string()}"
-
-    def copy(self) -> FocalNetConfig:
-        return self.from_dict(self.to_dict())
 
 
 def _int_or_pair(value: Any, name: str) -> int | tuple[int, int]:
@@ -398,3 +372,43 @@ def _check_number(
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
     if high is not None and value >= high:
         raise ValueError(f"{name} must be < {high}, got {value!r}")
+
+
+def merge_overrides(
+    data: dict[str, Any], overrides: dict[str, Any], pairs: tuple[tuple[str, str], ...] = ()
+) -> dict[str, Any]:
+    """`data` updated with `overrides`, where overriding one of two derived fields drops the stored
+    other: each of `pairs`, `num_labels` (id2label, label2id) and `id2label` (label2id)."""
+    data = dict(data)
+    partners = [pair for first, second in pairs for pair in ((first, (second,)), (second, (first,)))]
+    if overrides.get("num_labels") is not None:
+        partners.append(("num_labels", ("id2label", "label2id")))
+    partners.append(("id2label", ("label2id",)))
+    for given, derived in partners:
+        if given in overrides:
+            for name in derived:
+                if name not in overrides:
+                    data.pop(name, None)
+    data.update(overrides)
+    return data
+
+
+def label_maps(
+    num_labels: int | None, id2label: dict | None, label2id: dict | None
+) -> tuple[dict[int, str], dict[str, int]]:
+    """HF's label fields made consistent: `id2label` wins, else `num_labels` names LABEL_0.. (2 by default)."""
+    if id2label is not None:
+        id2label = {int(k): str(v) for k, v in id2label.items()}
+        if sorted(id2label) != list(range(len(id2label))):
+            raise ValueError("id2label keys must be the integers 0..num_labels-1")
+        if num_labels is not None and num_labels != len(id2label):
+            raise ValueError(f"num_labels={num_labels} but id2label has {len(id2label)} entries")
+    else:
+        if num_labels is None:
+            num_labels = 2  # HF's default, so configs without labels build the same head
+        if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 0:
+            raise ValueError(f"num_labels must be a non-negative integer, got {num_labels!r}")
+        id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+    if label2id is not None:
+        return id2label, {str(k): int(v) for k, v in label2id.items()}
+    return id2label, {name: i for i, name in id2label.items()}

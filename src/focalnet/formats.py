@@ -216,3 +216,19 @@ def from_hf(state: dict[str, torch.Tensor], layout: str, config: FocalNetConfig)
     if layout == "hf":
         return dict(state)
     raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+
+
+_MMSEG_HEAD_NAMES = ((".bn.", ".batch_norm."), (".conv_seg.", ".classifier."))
+MMSEG_HEADS = ("decode_head.", "auxiliary_head.")
+
+
+def mmseg_heads_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The UperNet and FCN heads of an mmsegmentation checkpoint under transformers' names (mmseg's
+    `bn` is transformers' `batch_norm`, `conv_seg` its `classifier`; SPEC 10); other keys are left out."""
+    heads = {}
+    for key, value in state.items():
+        if key.startswith(MMSEG_HEADS):
+            for old, new in _MMSEG_HEAD_NAMES:
+                key = key.replace(old, new)
+            heads[key] = value
+    return heads

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
-from ._io import atomic_write
+from ._io import atomic_write, read_json_object
 
 if TYPE_CHECKING:
     import numpy as np
@@ -323,12 +323,7 @@ class FocalNetImageProcessor:
             file = file / CONFIG_NAME
         if not file.is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
-        try:
-            config = json.loads(file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{file} is not valid JSON ({err})") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"{file} must hold a JSON object, got {type(config).__name__}")
+        config = read_json_object(file)
         try:
             return cls(**_kwargs_from_hf(config))
         except (TypeError, ValueError, KeyError) as err:

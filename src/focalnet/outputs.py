@@ -111,3 +111,14 @@ class BackboneOutput(ModelOutput):
     feature_maps: Tensors | None = None
     hidden_states: Tensors | None = None
     attentions: Tensors | None = None
+
+
+@dataclasses.dataclass
+class SemanticSegmenterOutput(ModelOutput):
+    """`logits` (B, num_labels, H, W) at the input size; `loss` when labels are given;
+    `hidden_states` the backbone's, with `output_hidden_states=True`."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None

@@ -4,8 +4,9 @@
     model = maskrcnn_focalnet("focalnet-tiny", num_classes=91)      # torchvision's MaskRCNN
 
 Builders return torchvision's `FasterRCNN`, `MaskRCNN` and `RetinaNet`; `save_pretrained` and
-`from_pretrained` store and rebuild them; `make_shapes_dataset` writes a small synthetic COCO
-dataset to try them on. Needs the `detection` extra (torchvision, pycocotools).
+`from_pretrained` store and rebuild them; `make_shapes_dataset` writes a small synthetic dataset to
+try them on (COCO layout, or ADE20K layout for semantic segmentation). Needs the `detection` extra
+(torchvision, pycocotools).
 """
 
 from .backbone import DENSE_FOCAL_WINDOW, FocalNetFPN, dense_backbone

@@ -7,21 +7,16 @@ downsample, through its own LayerNorm, strides 4-32) and torchvision's `FeatureP
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..configuration import FocalNetConfig
+from ..dense import DENSE_FOCAL_WINDOW, dense_backbone
 from ..modeling import FocalNetBackbone
-from ..presets import PRESETS, paper_drop_path
 
-DENSE_FOCAL_WINDOW = 9
-"""The focal window of the paper's detection and segmentation backbones (kernels 9, 11, ...)."""
+__all__ = ["DENSE_FOCAL_WINDOW", "FocalNetFPN", "dense_backbone"]
 
 
 def _torchvision_ops():
@@ -94,58 +89,3 @@ class FocalNetFPN(nn.Module):
     def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         maps = self.body(images, return_dict=True).feature_maps
         return self.fpn(OrderedDict((str(i), feature) for i, feature in enumerate(maps)))
-
-
-# ------------------------------------------------------------------------------------------------
-def dense_backbone(
-    source: str | os.PathLike | FocalNetConfig = "focalnet-tiny",
-    stages: Sequence[int] = (1, 2, 3, 4),
-    **overrides: Any,
-) -> FocalNetBackbone:
-    """A `FocalNetBackbone` with the dense-task defaults of SPEC 10, returning `stages` with norms.
-
-    `source` is a preset name (random weights) or anything `from_pretrained` accepts (a classifier,
-    masked-image-modeling, backbone or original detection checkpoint: the encoder is loaded, heads
-    dropped); a `FocalNetConfig` is taken as it is (random weights). Defaults, each replaced by an
-    entry of `overrides`: focal window 9 (a checkpoint with a smaller one is expanded, zero-padding
-    its kernels, so its outputs are unchanged), the paper's drop path for the model size, and
-    `use_backbone_layernorm`.
-    """
-    stage_names = [f"stage{i}" for i in stages]
-    if isinstance(source, FocalNetConfig):  # an exact architecture (a saved detector's): no defaults
-        settings = {"use_backbone_layernorm": True, "out_features": stage_names, **overrides}
-        return _fresh(FocalNetConfig.from_dict(source.to_dict(), **settings))
-    name = str(source)
-    config = FocalNetConfig.from_preset(name) if name in PRESETS else None
-    drop_path = paper_drop_path(Path(name).name)
-    settings = {"drop_path_rate": drop_path, "use_backbone_layernorm": True, "out_features": stage_names, **overrides}
-    window = settings.pop("focal_windows", None)
-    if config is not None:
-        settings["focal_windows"] = window or [max(w, DENSE_FOCAL_WINDOW) for w in config.focal_windows]
-        return _fresh(FocalNetConfig.from_dict(config.to_dict(), **settings))
-    from ..checkpoints import build_from_resolved, resolve
-
-    levels = settings.pop("focal_levels", None)
-    resolved = resolve(source, settings)
-    current = resolved.config
-    target = {
-        "focal_windows": window or [max(w, DENSE_FOCAL_WINDOW) for w in current.focal_windows],
-        "focal_levels": levels or current.focal_levels,
-    }
-    changed = {key: value for key, value in target.items() if list(value) != list(getattr(current, key))}
-    return build_from_resolved(FocalNetBackbone, resolved, settings, changed).train()
-
-
-def _fresh(config: FocalNetConfig) -> FocalNetBackbone:
-    """A randomly initialised backbone whose stem bias is random too (HF's init sets it to zero).
-
-    Detectors zero-pad the images of a batch to one size. With a zero stem bias every padded
-    position enters the network as the zero vector, whose LayerNorm has zero variance: each
-    LayerNorm it passes multiplies its gradient by 1/sqrt(eps), about 1e17 by stage 4 of
-    FocalNet-T, and training from scratch stalls (clipped to nothing) or diverges.
-    """
-    backbone = FocalNetBackbone(config)
-    stem = backbone.focalnet.embeddings.patch_embeddings.projection
-    with torch.no_grad():
-        stem.bias.normal_(0.0, config.initializer_range)
-    return backbone

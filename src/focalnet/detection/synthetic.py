@@ -1,7 +1,8 @@
-"""A small, seeded, synthetic detection / instance-segmentation dataset in COCO layout.
+"""A small, seeded, synthetic detection / segmentation dataset in COCO or ADE20K layout.
 
 `make_shapes_dataset` draws circles, squares and triangles on textured backgrounds and writes them
-with COCO annotations, so tests, docs and the one-command demo have data without a download. A
+with COCO annotations (detection, instance segmentation) or as ADE20K-style label maps (semantic
+segmentation), so tests, docs and the one-command demo have data without a download. A
 FocalNet Faster R-CNN / Mask R-CNN learns it in minutes on a CPU: the shapes have a clear contrast
 with what lies under them, while the backgrounds (gradients, stripes, checkerboards, noise) keep the
 task from being trivial.
@@ -11,6 +12,11 @@ task from being trivial.
   edges (Pillow fills every pixel an edge touches, COCO the pixels whose centre lies inside). Shapes
   never touch, so no mask includes pixels hidden by another shape.
 * Category ids are sparse (1, 3, 7) on purpose, to exercise the mapping to contiguous labels.
+* The ADE20K layout writes the same scenes (same seed and arguments, byte-identical images) with a
+  mode-L label map per image: 0 background, then 1, 2, 3 for circle, square, triangle
+  (`ADE20K_CLASSES`). Each shape's label covers exactly the pixels drawn for it: those Pillow fills
+  for its polygon and, for an outlined shape, those of the outline (which can lie one pixel outside
+  them). Only the writing differs between layouts, never the random streams.
 * Everything comes from `seed`; train and val use separate random streams, so changing
   `val_images` leaves the training split as it was. Same seed, same bytes.
 
@@ -26,7 +32,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._io import atomic_path, atomic_write
 
@@ -34,13 +40,17 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-__all__ = ["CATEGORIES", "make_shapes_dataset"]
+__all__ = ["ADE20K_CLASSES", "CATEGORIES", "LAYOUTS", "make_shapes_dataset"]
 
 CATEGORIES: list[dict] = [
     {"id": 1, "name": "circle", "supercategory": "shape"},
     {"id": 3, "name": "square", "supercategory": "shape"},
     {"id": 7, "name": "triangle", "supercategory": "shape"},
 ]
+# the ADE20K layout's class names in label order: background is 0, then CATEGORIES in order
+ADE20K_CLASSES: tuple[str, ...] = ("background", *(category["name"] for category in CATEGORIES))
+_ADE20K_LABELS = {category["id"]: label for label, category in enumerate(CATEGORIES, start=1)}
+_ADE20K_FOLDERS = {"train": "training", "val": "validation"}
 
 _MIN_IMAGE_SIDE = 64
 _MIN_SHAPE_SIZE = 24.0  # diameter of a circle, side of a square or triangle, in pixels
@@ -165,6 +175,14 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
 
 # ------------------------------------------------------------------------------------------------
 # shapes: polygons as (N, 2) arrays of (x, y), centred on the origin until placed
+class _Shape(NamedTuple):
+    """One drawn shape: its category id, its flat [x1, y1, x2, y2, ...] polygon, and whether it has an outline."""
+
+    category_id: int
+    polygon: list[float]
+    outlined: bool
+
+
 def _regular_polygon(vertices: int, radius: float, phase: float) -> np.ndarray:
     numpy, _, _ = _vision()
     angles = phase + numpy.arange(vertices) * (2.0 * math.pi / vertices)
@@ -203,13 +221,19 @@ def _points(polygon: list[float]) -> list[tuple[float, float]]:
     return list(zip(polygon[0::2], polygon[1::2], strict=True))
 
 
-def _footprint(width: int, height: int, polygon: list[float], grow: int = 0) -> np.ndarray:
-    """The pixels Pillow fills for `polygon`, grown outwards by `grow` pixels, as a bool (H, W) array."""
+def _footprint(width: int, height: int, polygon: list[float], grow: int = 0, outline: bool = False) -> np.ndarray:
+    """The pixels Pillow fills for `polygon`, grown outwards by `grow` pixels, as a bool (H, W) array.
+
+    With `outline`, also the pixels of the 1-pixel outline Pillow draws over it, which can lie one
+    pixel outside the filled ones: together, exactly the pixels `_render_image` draws for the shape.
+    """
     numpy, image_module, image_draw = _vision()
     mask = image_module.new("L", (width, height), 0)
     draw = image_draw.Draw(mask)
     points = _points(polygon)
     draw.polygon(points, fill=255)
+    if outline:
+        draw.polygon(points, outline=255)
     if grow:
         draw.line([*points, points[0]], fill=255, width=2 * grow + 1, joint="curve")
     return numpy.asarray(mask) > 0
@@ -260,14 +284,12 @@ def _contrasting_colour(rng: np.random.Generator, pixels: np.ndarray, box: tuple
     return (0, 0, 0) if local >= 127.5 else (255, 255, 255)
 
 
-def _render_image(
-    rng: np.random.Generator, width: int, height: int, objects: int
-) -> tuple[Image.Image, list[tuple[int, list[float]]]]:
-    """A textured image with up to `objects` shapes, and each shape's (category id, flat polygon)."""
+def _render_image(rng: np.random.Generator, width: int, height: int, objects: int) -> tuple[Image.Image, list[_Shape]]:
+    """A textured image with up to `objects` shapes, and each shape as drawn."""
     numpy, image_module, image_draw = _vision()
     image = image_module.fromarray(_background(rng, width, height))
     draw = image_draw.Draw(image)
-    shapes: list[tuple[int, list[float]]] = []
+    shapes: list[_Shape] = []
     boxes: list[tuple[float, ...]] = []
     taken = numpy.zeros((height, width), dtype=bool)
     for _ in range(objects):
@@ -282,14 +304,14 @@ def _render_image(
             grey = int(rng.integers(0, 48))
             outline = (grey, grey, grey)
         draw.polygon(_points(polygon), fill=fill, outline=outline)
-        shapes.append((category["id"], polygon))
+        shapes.append(_Shape(category["id"], polygon, outline is not None))
         boxes.append(box)
         taken |= _footprint(width, height, polygon, grow=_SHAPE_GAP)
     return image, shapes
 
 
 # ------------------------------------------------------------------------------------------------
-# COCO records and splits
+# annotations, label maps and splits
 def _polygon_area(polygon: list[float]) -> float:
     """Shoelace area of a flat [x1, y1, x2, y2, ...] polygon."""
     xs, ys = polygon[0::2], polygon[1::2]
@@ -310,6 +332,15 @@ def _annotation(annotation_id: int, image_id: int, category_id: int, polygon: li
     }
 
 
+def _label_map(width: int, height: int, shapes: list[_Shape]) -> Image.Image:
+    """A mode-L label map: each shape's contiguous label on exactly the pixels drawn for it, 0 elsewhere."""
+    numpy, image_module, _ = _vision()
+    labels = numpy.zeros((height, width), dtype=numpy.uint8)
+    for shape in shapes:
+        labels[_footprint(width, height, shape.polygon, outline=shape.outlined)] = _ADE20K_LABELS[shape.category_id]
+    return image_module.fromarray(labels)
+
+
 def _empty_images(rng: np.random.Generator, count: int) -> set[int]:
     """Indices of the images left without objects: about 3%, at least one once a split has 10 images."""
     if count < _MIN_EMPTY_SPLIT:
@@ -318,41 +349,87 @@ def _empty_images(rng: np.random.Generator, count: int) -> set[int]:
     return {int(index) for index in chosen}
 
 
+class _CocoSplit:
+    """COCO layout: root/<split>/*.png and root/annotations/instances_<split>.json."""
+
+    def __init__(self, root: Path, split: str, info: dict) -> None:
+        self.root, self.split, self.info = root, split, info
+        self.image_dir = root / split
+        self.images: list[dict] = []
+        self.annotations: list[dict] = []
+
+    def add(self, image_id: int, file_name: str, image: Image.Image, shapes: list[_Shape]) -> None:
+        width, height = image.size
+        self.images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for shape in shapes:
+            self.annotations.append(_annotation(len(self.annotations) + 1, image_id, shape.category_id, shape.polygon))
+
+    def close(self) -> None:
+        coco = {
+            "info": {**self.info, "split": self.split},
+            "licenses": [],
+            "images": self.images,
+            "annotations": self.annotations,
+            "categories": CATEGORIES,
+        }
+        with atomic_write(self.root / "annotations" / f"instances_{self.split}.json") as handle:
+            json.dump(coco, handle)
+
+    @staticmethod
+    def finish(root: Path) -> None:
+        """Nothing beyond the splits."""
+
+
+class _Ade20kSplit:
+    """ADE20K layout: root/images/<folder>/*.png and root/annotations/<folder>/*.png (label maps of the same stem)."""
+
+    def __init__(self, root: Path, split: str, info: dict) -> None:
+        folder = _ADE20K_FOLDERS[split]
+        self.image_dir = root / "images" / folder
+        self.label_dir = root / "annotations" / folder
+
+    def add(self, image_id: int, file_name: str, image: Image.Image, shapes: list[_Shape]) -> None:
+        with atomic_path(self.label_dir / file_name) as tmp:
+            _label_map(*image.size, shapes).save(tmp, format="PNG", compress_level=1)
+
+    def close(self) -> None:
+        self.label_dir.mkdir(parents=True, exist_ok=True)  # an empty split still gets its folder
+
+    @staticmethod
+    def finish(root: Path) -> None:
+        """root/labels.txt: one class name a line, in label order."""
+        with atomic_write(root / "labels.txt") as handle:
+            handle.write("".join(f"{name}\n" for name in ADE20K_CLASSES))
+
+
+_LAYOUTS: dict[str, type[_CocoSplit] | type[_Ade20kSplit]] = {"coco": _CocoSplit, "ade20k": _Ade20kSplit}
+LAYOUTS: tuple[str, ...] = tuple(_LAYOUTS)
+
+
 def _write_split(
-    root: Path,
-    split: str,
+    sink: _CocoSplit | _Ade20kSplit,
     count: int,
     rng: np.random.Generator,
     min_side: int,
     max_side: int,
     max_objects: int,
-    info: dict,
 ) -> None:
-    """Writes root/<split>/*.png and root/annotations/instances_<split>.json."""
+    """Draws one split's scenes from `rng` and writes them through `sink`, the same for every layout.
+
+    The images go to `sink.image_dir` as 000001.png, ...; `sink` writes the annotations of its layout.
+    """
     empty = _empty_images(rng, count)
-    images: list[dict] = []
-    annotations: list[dict] = []
     for index in range(count):
         image_id = index + 1
         width, height = (int(side) for side in rng.integers(min_side, max_side, size=2, endpoint=True))
         objects = 0 if index in empty else int(rng.integers(1, max_objects, endpoint=True))
         image, shapes = _render_image(rng, width, height, objects)
         file_name = f"{image_id:06d}.png"
-        with atomic_path(root / split / file_name) as tmp:
+        with atomic_path(sink.image_dir / file_name) as tmp:
             image.save(tmp, format="PNG", compress_level=1)
-        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for category_id, polygon in shapes:
-            annotations.append(_annotation(len(annotations) + 1, image_id, category_id, polygon))
-    (root / split).mkdir(parents=True, exist_ok=True)  # an empty split still gets its folder
-    coco = {
-        "info": {**info, "split": split},
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": CATEGORIES,
-    }
-    with atomic_write(root / "annotations" / f"instances_{split}.json") as handle:
-        json.dump(coco, handle)
+        sink.add(image_id, file_name, image, shapes)
+    sink.image_dir.mkdir(parents=True, exist_ok=True)  # an empty split still gets its folder
+    sink.close()
 
 
 def make_shapes_dataset(
@@ -363,14 +440,21 @@ def make_shapes_dataset(
     min_side: int = 160,
     max_side: int = 256,
     max_objects: int = 4,
+    layout: str = "coco",
 ) -> Path:
-    """Writes a synthetic shapes dataset in COCO layout under `root` and returns `root` as a Path.
+    """Writes a synthetic shapes dataset in `layout` ("coco" or "ade20k") under `root`; returns `root` as a Path.
 
-    Files: root/train/*.png, root/val/*.png (named 000001.png, ...), root/annotations/instances_train.json
-    and instances_val.json. Each image is `min_side`..`max_side` pixels wide and high (drawn separately,
-    so sizes and aspect ratios vary), with 1..`max_objects` shapes, except about 3% of the images, which
-    have none. Files are written atomically and the output depends only on the arguments: the same
-    seed gives byte-identical files.
+    "coco" files: root/train/*.png, root/val/*.png (named 000001.png, ...),
+    root/annotations/instances_train.json and instances_val.json.
+    "ade20k" files: root/images/training/*.png, root/images/validation/*.png, label maps of the same
+    names in root/annotations/training/ and root/annotations/validation/ (mode L: 0 background,
+    1 circle, 2 square, 3 triangle), and root/labels.txt (`ADE20K_CLASSES`, one a line).
+    Both layouts draw the same scenes: same arguments, byte-identical images.
+
+    Each image is `min_side`..`max_side` pixels wide and high (drawn separately, so sizes and aspect
+    ratios vary), with 1..`max_objects` shapes, except about 3% of the images, which have none. Files
+    are written atomically and the output depends only on the arguments: the same seed gives
+    byte-identical files. An unknown `layout` raises a ValueError before anything is written.
     """
     train_images = _check_int("train_images", train_images, 1)
     val_images = _check_int("val_images", val_images, 0)
@@ -380,6 +464,8 @@ def make_shapes_dataset(
     if min_side > max_side:
         raise ValueError(f"min_side ({min_side}) must not exceed max_side ({max_side})")
     max_objects = _check_int("max_objects", max_objects, 1)
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
     numpy, _, _ = _vision()
 
     root = Path(root)
@@ -393,5 +479,6 @@ def make_shapes_dataset(
     train_stream, val_stream = numpy.random.SeedSequence(seed).spawn(2)
     for split, count, stream in (("train", train_images, train_stream), ("val", val_images, val_stream)):
         rng = numpy.random.default_rng(stream)
-        _write_split(root, split, count, rng, min_side, max_side, max_objects, info)
+        _write_split(_LAYOUTS[layout](root, split, info), count, rng, min_side, max_side, max_objects)
+    _LAYOUTS[layout].finish(root)
     return root

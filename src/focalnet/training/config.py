@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 AMP_MODES = ("none", "bf16", "fp16")
-TASKS = ("classification", "masked-image-modeling", "detection", "instance-segmentation")
+TASKS = ("classification", "masked-image-modeling", "detection", "instance-segmentation", "semantic-segmentation")
 DEFAULT_RECIPES = {
     "classification": "finetune",
     "masked-image-modeling": "simmim",
     "detection": "detection",
     "instance-segmentation": "detection",
+    "semantic-segmentation": "segmentation",
 }
 DETECTORS = ("faster_rcnn", "mask_rcnn", "retinanet")
-SCHEDULES = ("cosine", "step")
+SCHEDULES = ("cosine", "step", "poly")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
@@ -32,7 +33,8 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 class TrainConfig:
     task: str = "classification"
     """What is trained: classification, masked-image-modeling (SimMIM pretraining, no labels),
-    detection (boxes) or instance-segmentation (boxes and masks; COCO layout data)."""
+    detection (boxes) or instance-segmentation (boxes and masks; COCO layout data), or
+    semantic-segmentation (a class per pixel; ADE20K layout data, UperNet)."""
 
     # ---- data -------------------------------------------------------------------------------
     data: str | None = None
@@ -40,7 +42,10 @@ class TrainConfig:
     ImageFolder trees (one sub-directory per class). Masked image modeling takes any folder of
     images (searched recursively; `train/` and `val/` used as the split when both exist).
     Detection takes a COCO layout: `train/`, `val/` (or `train2017/`, `val2017/`) and
-    `annotations/instances_train.json`, `instances_val.json` (or `..._train2017.json`)."""
+    `annotations/instances_train.json`, `instances_val.json` (or `..._train2017.json`).
+    Semantic segmentation takes the ADE20K layout: `images/training/`, `images/validation/`,
+    `annotations/training/`, `annotations/validation/` (PNG label maps named like the images) and
+    `labels.txt` (class names, one per line, in label order)."""
     train_annotations: str | None = None
     """Detection: a COCO instances JSON for training (with `train_images`); replaces `data`."""
     train_images: str | None = None
@@ -112,6 +117,22 @@ class TrainConfig:
     """More arguments of the detector builder: fpn_channels, trainable_stages, anchor_sizes,
     gradient_checkpointing, or any torchvision argument (box_score_thresh, ...)."""
 
+    # ---- semantic segmentation ----------------------------------------------------------------
+    class_names: list[str] | None = None
+    """Class names in label order; None reads `data`/labels.txt."""
+    reduce_labels: bool = False
+    """ADE20K's convention: label 0 ("other") is ignored and the others shift down by one."""
+    head_overrides: dict[str, Any] = field(default_factory=dict)
+    """UperNetConfig fields: hidden_size, pool_scales, auxiliary_channels, auxiliary_loss_weight, ..."""
+    base_size: tuple[float, ...] = (2048, 512)
+    """Training rescales each image to fit this (long, short) size times a random ratio of `scale_range`;
+    evaluation and prediction rescale to fit it exactly. `image_size` is the training crop."""
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    """Training crops are redrawn (up to 10 times) while one class covers more than this share."""
+    photometric_distortion: bool = True
+    """Random brightness, contrast, saturation and hue (mmsegmentation's PhotoMetricDistortion)."""
+
     # ---- optimisation -----------------------------------------------------------------------
     epochs: int = 30
     batch_size: int = 64
@@ -127,11 +148,15 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     layer_decay: float | None = None
     """Layer-wise learning-rate decay for fine-tuning (e.g. 0.75); None = off."""
+    head_lr_scale: float = 1.0
+    """Learning-rate factor for everything outside the FocalNet encoder (heads, pyramid, output norms)."""
     clip_grad: float | None = 5.0
     ema_decay: float | None = None
     """Keep an exponential moving average of the weights (evaluated and saved instead)."""
     schedule: str = "cosine"
-    """cosine (to min_lr after the warm-up) or step (x0.1 at each of `decay_epochs`)."""
+    """cosine (to min_lr after the warm-up), step (x0.1 at each of `decay_epochs`) or poly
+    (base_lr to min_lr as (1 - t)^poly_power over the run; the warm-up scales it, as mmsegmentation)."""
+    poly_power: float = 1.0
     decay_epochs: tuple[float, ...] = (9, 11)
 
     # ---- runtime ----------------------------------------------------------------------------
@@ -196,6 +221,12 @@ class TrainConfig:
             (0 <= self.random_crop <= 1, "random_crop is a probability"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (all(e > 0 for e in self.decay_epochs), "decay_epochs must be > 0"),
+            (self.poly_power > 0, "poly_power must be > 0"),
+            (self.head_lr_scale > 0, "head_lr_scale must be > 0"),
+            (self.class_names is None or len(self.class_names) >= 1, "class_names must list at least one name"),
+            (len(self.base_size) == 2 and min(self.base_size) >= 1, "base_size must be [long, short] >= 1"),
+            (0 < self.scale_range[0] <= self.scale_range[1], "scale_range must be [low, high] with 0 < low <= high"),
+            (0 < self.cat_max_ratio <= 1, "cat_max_ratio must be in (0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -242,6 +273,10 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
             raise TypeError
         if annotation.startswith("dict") and not isinstance(value, dict):
             raise TypeError
+        if annotation.startswith("list"):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise TypeError
+            return list(value)
     except (TypeError, ValueError):
         raise ValueError(f"invalid training config: {name} must be {annotation}, got {value!r}") from None
     return value
@@ -381,6 +416,39 @@ RECIPES: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.0,
         "output_dir": "runs/detection",
     },
+}
+
+
+RECIPES["segmentation"] = {
+    # UperNet on ADE20K (SPEC 10): AdamW lr 6e-5 at batch 16, wd 0.01, poly decay after 1500 warm-up
+    # iterations, 160k iterations (at batch 16 on ADE20K's 20210 images: 127 epochs, warm-up 1.2),
+    # 512x512 crops of (2048, 512) x 0.5-2.0, flip, photometric distortion.
+    "task": "semantic-segmentation",
+    "epochs": 127,
+    "batch_size": 16,
+    "lr": 6e-5,
+    "lr_scale_batch": 16,
+    "schedule": "poly",
+    "poly_power": 1.0,
+    "min_lr": 0.0,
+    "warmup_epochs": 1.2,
+    "warmup_lr": 6e-11,
+    "weight_decay": 0.01,
+    "clip_grad": None,
+    "layer_decay": None,
+    "ema_decay": None,
+    "image_size": 512,
+    "base_size": (2048, 512),
+    "scale_range": (0.5, 2.0),
+    "cat_max_ratio": 0.75,
+    "hflip": 0.5,
+    "photometric_distortion": True,
+    "rand_augment": None,
+    "random_erasing": 0.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "label_smoothing": 0.0,
+    "output_dir": "runs/segmentation",
 }
 
 

@@ -32,30 +32,41 @@ def layer_depth(name: str, depths: list[int]) -> int:
     return sum(depths[:stage]) + block + 1
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, layer_decay: float | None, base_lr: float) -> list[dict]:
-    """AdamW groups: (decay or not) x (depth, when `layer_decay` is set), each with its own lr.
+def in_encoder(name: str) -> bool:
+    """Whether a parameter belongs to a FocalNet encoder (`focalnet.*` in every model of this library:
+    classifier, SimMIM, backbone, UperNet, detector), as opposed to the heads, pyramids and norms around it."""
+    return ".focalnet." in f".{name}"
+
+
+def parameter_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float | None, base_lr: float, head_lr_scale: float = 1.0
+) -> list[dict]:
+    """AdamW groups: (decay or not) x (depth, when `layer_decay` is set) x (encoder or head), each with its own lr.
 
     Layer-wise decay reads the block structure from a FocalNet model's `config.depths`; any other
-    model trains with one learning rate."""
+    model trains with one learning rate. `head_lr_scale` multiplies the learning rate of every
+    parameter outside the FocalNet encoder (mmsegmentation's `lr_mult` on the heads)."""
     depths: list[int] = []
     if layer_decay is not None:
         if not hasattr(model, "config"):
             raise ValueError(f"layer_decay needs a FocalNet model; {type(model).__name__} has no config.depths")
         depths = list(model.config.depths)
-    groups: dict[tuple[bool, int], dict] = {}
+    has_encoder = any(in_encoder(name) for name, _ in model.named_parameters())
+    groups: dict[tuple[bool, int, bool], dict] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         depth = 0 if layer_decay is None else layer_depth(name, depths)
         no_decay = skips_weight_decay(name, parameter)
-        if (no_decay, depth) not in groups:
+        head = has_encoder and not in_encoder(name)
+        if (no_decay, depth, head) not in groups:
             scale = 1.0 if layer_decay is None else layer_decay ** (sum(depths) + 1 - depth)
-            groups[no_decay, depth] = {
+            groups[no_decay, depth, head] = {
                 "params": [],
                 "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr": base_lr * scale,
+                "lr": base_lr * scale * (head_lr_scale if head else 1.0),
             }
-        groups[no_decay, depth]["params"].append(parameter)
+        groups[no_decay, depth, head]["params"].append(parameter)
     return [groups[key] for key in sorted(groups)]
 
 
@@ -85,10 +96,26 @@ def warmup_steps_decay(decay_steps: list[int], warmup_steps: int, base_lr: float
     return factor
 
 
+def warmup_poly(total_steps: int, warmup_steps: int, base_lr: float, warmup_lr: float, min_lr: float, power: float):
+    """LambdaLR factor of mmsegmentation's schedule: (base_lr - min_lr) (1 - step / total)^power + min_lr,
+    scaled during the warm-up by a factor rising linearly from warmup_lr / base_lr to 1."""
+
+    def factor(step: int) -> float:
+        progress = min(step / max(total_steps, 1), 1.0)
+        lr = (base_lr - min_lr) * (1.0 - progress) ** power + min_lr
+        if step < warmup_steps:
+            start = warmup_lr / base_lr
+            lr *= start + (1.0 - start) * step / warmup_steps
+        return lr / base_lr
+
+    return factor
+
+
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, layer_decay: float | None, betas
+    model: nn.Module, lr: float, weight_decay: float, layer_decay: float | None, betas, head_lr_scale: float = 1.0
 ) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, weight_decay, layer_decay, lr), lr=lr, betas=tuple(betas))
+    groups = parameter_groups(model, weight_decay, layer_decay, lr, head_lr_scale)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
 
 def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:

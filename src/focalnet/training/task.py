@@ -107,8 +107,15 @@ def task_named(name: str) -> type[Task]:
     from .classification import ClassificationTask
     from .detection import DetectionTask, InstanceSegmentationTask
     from .masked_image_modeling import MaskedImageModelingTask
+    from .segmentation import SemanticSegmentationTask
 
-    builtin = (ClassificationTask, MaskedImageModelingTask, DetectionTask, InstanceSegmentationTask)
+    builtin = (
+        ClassificationTask,
+        MaskedImageModelingTask,
+        DetectionTask,
+        InstanceSegmentationTask,
+        SemanticSegmentationTask,
+    )
     tasks: dict[str, type[Task]] = {task.name: task for task in builtin}
     if name not in tasks:
         raise ValueError(f"unknown task {name!r}; choose from {sorted(tasks)}")

@@ -30,7 +30,7 @@ from . import distributed
 from .config import TrainConfig
 from .data import ShardedSampler, evaluation_loader, sample_loader
 from .evaluation import autocast
-from .optim import build_ema, build_optimizer, warmup_cosine, warmup_steps_decay
+from .optim import build_ema, build_optimizer, warmup_cosine, warmup_poly, warmup_steps_decay
 from .task import Task, batch_inputs, move_to, task_named
 
 CHECKPOINT_NAME = "checkpoint-last.pt"
@@ -147,9 +147,12 @@ class Trainer:
         if config.max_train_batches is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, config.max_train_batches)
         lr = config.lr * config.lr_scale
-        self.optimizer = build_optimizer(self.model, lr, config.weight_decay, config.layer_decay, config.betas)
-        schedule = self._schedule(lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.optimizer = build_optimizer(
+            self.model, lr, config.weight_decay, config.layer_decay, config.betas, config.head_lr_scale
+        )
+        self.base_lr = lr
+        self.lr_factor = self._schedule(lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.ema = build_ema(self.model, config.ema_decay) if config.ema_decay else None
         self.progress = Progress()
@@ -165,7 +168,14 @@ class Trainer:
             decay_steps = [round(epoch * steps) for epoch in config.decay_epochs]
             return warmup_steps_decay(decay_steps, warmup_steps, lr, warmup_lr)
         min_lr = min(config.min_lr * config.lr_scale, lr)
+        if config.schedule == "poly":
+            return warmup_poly(config.epochs * steps, warmup_steps, lr, warmup_lr, min_lr, config.poly_power)
         return warmup_cosine(config.epochs * steps, warmup_steps, lr, warmup_lr, min_lr)
+
+    @property
+    def current_lr(self) -> float:
+        """The scheduled learning rate (of the encoder's top layers; heads may train at `head_lr_scale` times it)."""
+        return self.base_lr * self.lr_factor(self.scheduler.last_epoch)
 
     def _check_batch_split(self) -> None:
         config, world = self.config, self.processes.world
@@ -262,7 +272,7 @@ class Trainer:
             progress.skipped += skipped
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.optimizer.param_groups[-1]['lr']:.2e}")
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.current_lr:.2e}")
             if not last_micro:
                 continue
             self._optimizer_step()
@@ -332,7 +342,7 @@ class Trainer:
             "train_loss": loss_sum / max(images, 1),
             **{name: total / max(images, 1) for name, total in zip(names, terms, strict=True)},
             **validation,
-            "lr": self.optimizer.param_groups[-1]["lr"],
+            "lr": self.current_lr,
             "images_per_sec": images / seconds if seconds else math.nan,
             "step": progress.step,
             "skipped_images": int(skipped + metrics.get("skipped", 0)),
