@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -64,3 +67,14 @@ def tiny_config(**overrides) -> focalnet.FocalNetConfig:
     )
     kwargs.update(overrides)
     return focalnet.FocalNetConfig(**kwargs)
+
+
+def set_args(values: dict, recipe: str | None = None) -> list[str]:
+    """`focalnet train` arguments giving `values` as `--set key=json`, after `--recipe` if named."""
+    recipe_args = ["--recipe", recipe] if recipe else []
+    return [*recipe_args, *(f"--set={key}={json.dumps(value)}" for key, value in values.items())]
+
+
+def metrics_rows(output_dir: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
+
+import pytest
 
 from focalnet.cli import main
 
@@ -21,6 +25,20 @@ def test_presets_table_lists_every_preset(capsys) -> None:
     assert main(["presets", "focalnet-tiny-lrf"]) == 0
     out = capsys.readouterr().out
     assert "focalnet-tiny-lrf" in out and "28,647,928" in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_presets_draw_a_progress_bar_only_on_a_terminal(capsys, monkeypatch, terminal: bool) -> None:
+    stderr = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert main(["presets", "focalnet-tiny", "focalnet-small"]) == 0
+    assert ("counting" in stderr.getvalue()) == terminal
+    assert "counting" not in capsys.readouterr().out
 
 
 def test_unknown_preset_is_an_error(capsys) -> None:

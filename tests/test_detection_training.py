@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import metrics_rows, set_args
 from focalnet.cli import main
 from focalnet.detection import from_pretrained
 from focalnet.detection.synthetic import make_shapes_dataset
@@ -51,14 +52,6 @@ def settings(data: Path, output_dir: Path, **overrides) -> dict:
     return {"task": "detection", "data": str(data), "output_dir": str(output_dir), **TINY_DETECTOR, **overrides}
 
 
-def cli_args(values: dict) -> list[str]:
-    return ["--recipe", "detection", *(f"--set={key}={json.dumps(value)}" for key, value in values.items())]
-
-
-def rows(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), 64, 16, seed=1, min_side=96, max_side=128)
@@ -73,7 +66,7 @@ def trained(shapes: Path, tmp_path_factory) -> Path:
 
 
 def test_faster_rcnn_learns_the_shapes(trained: Path) -> None:
-    history = rows(trained)
+    history = metrics_rows(trained)
     assert [row["epoch"] for row in history] == list(range(1, 9))
     keys = {"train_loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
     keys |= {"val_bbox_map", "val_bbox_map_50", "val_bbox_map_75", "lr", "images_per_sec"}
@@ -116,7 +109,7 @@ def test_evaluate_writes_what_cocoeval_gives_on_its_predictions(trained: Path, s
         f"bbox_{n}": float(v) for n, v in zip(names, evaluator.stats, strict=True)
     }
     # validation ran with the same batch size: the same number as the last epoch's
-    assert report["bbox_map_50"] == pytest.approx(rows(trained)[-1]["val_bbox_map_50"], abs=1e-9)
+    assert report["bbox_map_50"] == pytest.approx(metrics_rows(trained)[-1]["val_bbox_map_50"], abs=1e-9)
     assert set(report["per_class_ap"]["bbox"]) == {"circle", "square", "triangle"}
 
 
@@ -193,25 +186,32 @@ def test_retinanet_trains_on_the_engine(shapes: Path, tmp_path: Path) -> None:
 
 def test_kill_and_resume_equals_the_uninterrupted_run(shapes: Path, tmp_path: Path) -> None:
     common = {"deterministic": True, "checkpoint_every": 2, "epochs": 2, "max_train_batches": 4, "random_crop": 0.5}
-    full = run_cli(cli_args(settings(shapes, tmp_path / "full", **common)))
+    full = run_cli(set_args(settings(shapes, tmp_path / "full", **common), "detection"))
     killed_dir = tmp_path / "killed"
-    wait_and_kill(run_cli(cli_args(settings(shapes, killed_dir, **common))), killed_dir)
+    wait_and_kill(run_cli(set_args(settings(shapes, killed_dir, **common), "detection")), killed_dir)
     finish(run_cli(["--resume", "--output-dir", str(killed_dir)]), timeout=300)
     finish(full, timeout=300)
     assert max_difference(final_weights(tmp_path / "full"), final_weights(killed_dir)) <= 1e-6
-    assert rows(tmp_path / "full")[-1]["train_loss"] == pytest.approx(rows(killed_dir)[-1]["train_loss"], abs=1e-6)
+    assert metrics_rows(tmp_path / "full")[-1]["train_loss"] == pytest.approx(
+        metrics_rows(killed_dir)[-1]["train_loss"], abs=1e-6
+    )
 
 
 def test_two_process_run_equals_one_process(tmp_path: Path) -> None:
     # images of one size: torchvision pads a batch to its largest image, and padding changes features
     squares = make_shapes_dataset(tmp_path / "squares", 16, 4, seed=2, min_side=128, max_side=128)
     common = {"deterministic": True, "epochs": 1, "max_train_batches": 3, "scales": [128], "min_size": 128}
-    single = run_cli(cli_args(settings(squares, tmp_path / "one", **common)))
+    single = run_cli(set_args(settings(squares, tmp_path / "one", **common), "detection"))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    finish(run_cli(cli_args(settings(squares, tmp_path / "two", **common)), launcher=[*torchrun, "-m", "focalnet.cli"]))
+    finish(
+        run_cli(
+            set_args(settings(squares, tmp_path / "two", **common), "detection"),
+            launcher=[*torchrun, "-m", "focalnet.cli"],
+        )
+    )
     finish(single)
     assert max_difference(final_weights(tmp_path / "one"), final_weights(tmp_path / "two")) <= 1e-5
-    one, two = rows(tmp_path / "one")[0], rows(tmp_path / "two")[0]
+    one, two = metrics_rows(tmp_path / "one")[0], metrics_rows(tmp_path / "two")[0]
     assert one["train_loss"] == pytest.approx(two["train_loss"], abs=1e-5)
     assert one["val_bbox_map"] == pytest.approx(two["val_bbox_map"], abs=1e-6)  # predictions gathered, one COCOeval
 
@@ -221,7 +221,7 @@ def test_malformed_annotations_stop_the_run_before_training(shapes: Path, tmp_pa
     shutil.copytree(shapes, data)
     (data / "annotations" / "instances_val.json").write_text('{"images": [], "annotations": [')
     output_dir = tmp_path / "run"
-    assert main(["train", *cli_args(settings(data, output_dir, epochs=1))]) == 2
+    assert main(["train", *set_args(settings(data, output_dir, epochs=1), "detection")]) == 2
     error = capsys.readouterr().err
     assert "instances_val.json is not valid JSON" in error
     assert not (output_dir / "checkpoint-last.pt").exists()

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import metrics_rows, set_args
 from focalnet.cli import main
 from focalnet.detection.synthetic import make_shapes_dataset
 from focalnet.segmentation import UperNetForSemanticSegmentation
@@ -45,14 +46,6 @@ def settings(data: Path, output_dir: Path, **overrides) -> dict:
     return {"data": str(data), "output_dir": str(output_dir), **TINY_UPERNET, **overrides}
 
 
-def cli_args(values: dict) -> list[str]:
-    return ["--recipe", "segmentation", *(f"--set={key}={json.dumps(value)}" for key, value in values.items())]
-
-
-def rows(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shapes")
@@ -69,7 +62,7 @@ def trained(shapes: Path, tmp_path_factory) -> Path:
 
 # ------------------------------------------------------------------------------------------------
 def test_upernet_learns_the_shapes(trained: Path) -> None:
-    history = rows(trained)
+    history = metrics_rows(trained)
     first, last = history[0], history[-1]
     assert {
         "train_loss",
@@ -90,7 +83,7 @@ def test_evaluate_equals_the_last_validation_and_lists_classes(trained: Path, sh
         main(["evaluate", "--model", str(trained / "model"), "--data", str(shapes), "--output-dir", str(tmp_path)]) == 0
     )
     report = json.loads((tmp_path / "evaluation.json").read_text())
-    last = rows(trained)[-1]
+    last = metrics_rows(trained)[-1]
     for name in ("miou", "pixel_accuracy", "mean_accuracy", "loss"):
         assert report[name] == pytest.approx(last[f"val_{name}"], abs=1e-9), name
     assert list(report["per_class_iou"]) == ["background", "circle", "square", "triangle"]
@@ -118,13 +111,13 @@ def test_predict_writes_label_maps_and_overlays(trained: Path, shapes: Path, tmp
 
 def test_kill_and_resume_equals_the_uninterrupted_run(shapes: Path, tmp_path: Path) -> None:
     common = {"deterministic": True, "checkpoint_every": 2, "epochs": 2, "max_train_batches": 4, "batch_size": 4}
-    full = run_cli(cli_args(settings(shapes, tmp_path / "full", **common)))
+    full = run_cli(set_args(settings(shapes, tmp_path / "full", **common), "segmentation"))
     killed_dir = tmp_path / "killed"
-    wait_and_kill(run_cli(cli_args(settings(shapes, killed_dir, **common))), killed_dir)
+    wait_and_kill(run_cli(set_args(settings(shapes, killed_dir, **common), "segmentation")), killed_dir)
     finish(run_cli(["--resume", "--output-dir", str(killed_dir)]), timeout=300)
     finish(full, timeout=300)
     assert max_difference(final_weights(tmp_path / "full"), final_weights(killed_dir)) <= 1e-6
-    full_rows, resumed_rows = rows(tmp_path / "full"), rows(killed_dir)
+    full_rows, resumed_rows = metrics_rows(tmp_path / "full"), metrics_rows(killed_dir)
     assert full_rows[-1]["train_loss"] == pytest.approx(resumed_rows[-1]["train_loss"], abs=1e-6)
     assert full_rows[-1]["val_miou"] == pytest.approx(resumed_rows[-1]["val_miou"], abs=1e-9)
 
@@ -194,7 +187,7 @@ def test_a_label_outside_the_classes_stops_the_run_naming_file_and_value(shapes:
     values = np.array(Image.open(bad))
     values[0, 0] = 9
     Image.fromarray(values).save(bad)
-    assert main(["train", *cli_args(settings(data, tmp_path / "run", epochs=1))]) == 2
+    assert main(["train", *set_args(settings(data, tmp_path / "run", epochs=1), "segmentation")]) == 2
     error = capsys.readouterr().err
     assert bad.name in error and "label 9, outside 0..3" in error
 

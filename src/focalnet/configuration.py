@@ -22,14 +22,45 @@ _DERIVED_KEYS = ("model_type", "stage_names")
 
 
 class ConfigFile:
-    """JSON (de)serialisation shared by the configs: `to_dict` / `from_dict` are each config's own."""
+    """JSON (de)serialisation shared by the configs, in transformers' `config.json` layout: each config
+    lists its own fields (`fields`); labels, output flags and unknown keys (`extra`) are common."""
+
+    model_type: str
+    architecture: str  # for messages: "FocalNet", "UperNet"
+
+    def fields(self) -> dict[str, Any]:
+        """This config's own fields, JSON-able."""
+        raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """Plain JSON-able dict in transformers' `config.json` layout."""
+        out = {
+            "model_type": self.model_type,
+            **self.fields(),
+            "id2label": {str(k): v for k, v in self.id2label.items()},
+            "label2id": dict(self.label2id),
+        }
+        if self.output_hidden_states:
+            out["output_hidden_states"] = True
+        if not self.return_dict:
+            out["return_dict"] = False
+        out.update(copy.deepcopy(self.extra))
+        return out
+
+    @classmethod
+    def checked_dict(cls, config_dict: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `config_dict`, refused if it describes another architecture."""
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(
+                f"this config describes a {model_type!r} model, not {cls.architecture} "
+                f"(model_type {cls.model_type!r}); use the class or library made for that architecture"
+            )
+        return dict(config_dict)
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **overrides: Any):
-        raise NotImplementedError
+        return cls(**merge_overrides(cls.checked_dict(config_dict), overrides))
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -71,6 +102,7 @@ class FocalNetConfig(ConfigFile):
     """
 
     model_type = MODEL_TYPE
+    architecture = "FocalNet"
 
     def __init__(
         self,
@@ -271,10 +303,8 @@ class FocalNetConfig(ConfigFile):
 
     # ----------------------------------------------------------------------------------------
     # (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict in HF's `config.json` layout."""
-        out = {
-            "model_type": self.model_type,
+    def fields(self) -> dict[str, Any]:
+        return {
             "image_size": _plain(self.image_size),
             "patch_size": _plain(self.patch_size),
             "num_channels": self.num_channels,
@@ -300,26 +330,12 @@ class FocalNetConfig(ConfigFile):
             "stage_names": self.stage_names,
             "out_features": list(self.out_features),
             "out_indices": list(self.out_indices),
-            "id2label": {str(k): v for k, v in self.id2label.items()},
-            "label2id": dict(self.label2id),
             "problem_type": self.problem_type,
         }
-        if self.output_hidden_states:
-            out["output_hidden_states"] = True
-        if not self.return_dict:
-            out["return_dict"] = False
-        out.update(copy.deepcopy(self.extra))
-        return out
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> FocalNetConfig:
-        data = dict(config_dict)
-        model_type = data.get("model_type", MODEL_TYPE)
-        if model_type != MODEL_TYPE:
-            raise ValueError(
-                f"this config describes a {model_type!r} model, not FocalNet (model_type 'focalnet'); "
-                "use the library made for that architecture"
-            )
+        data = cls.checked_dict(config_dict)
         return cls(**merge_overrides(data, overrides, (("out_features", "out_indices"),)))
 
     @classmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ from ..configuration import (
     _check_number,
     _check_positive_int,
     label_maps,
-    merge_overrides,
 )
 
 MODEL_TYPE = "upernet"
@@ -41,6 +39,7 @@ class UperNetConfig(ConfigFile):
     """
 
     model_type = MODEL_TYPE
+    architecture = "UperNet"
 
     def __init__(
         self,
@@ -145,10 +144,8 @@ class UperNetConfig(ConfigFile):
                 )
 
     # ----------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict in transformers' `config.json` layout."""
-        out = {
-            "model_type": self.model_type,
+    def fields(self) -> dict[str, Any]:
+        return {
             "backbone_config": self.backbone_config.to_dict(),
             "hidden_size": self.hidden_size,
             "initializer_range": self.initializer_range,
@@ -161,23 +158,7 @@ class UperNetConfig(ConfigFile):
             "auxiliary_concat_input": self.auxiliary_concat_input,
             "loss_ignore_index": self.loss_ignore_index,
             "classifier_dropout_prob": self.classifier_dropout_prob,
-            "id2label": {str(k): v for k, v in self.id2label.items()},
-            "label2id": dict(self.label2id),
         }
-        if self.output_hidden_states:
-            out["output_hidden_states"] = True
-        if not self.return_dict:
-            out["return_dict"] = False
-        out.update(copy.deepcopy(self.extra))
-        return out
-
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> UperNetConfig:
-        data = dict(config_dict)
-        model_type = data.get("model_type", MODEL_TYPE)
-        if model_type != MODEL_TYPE:
-            raise ValueError(f"this config describes a {model_type!r} model, not UperNet (model_type 'upernet')")
-        return cls(**merge_overrides(data, overrides))
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, **overrides: Any) -> UperNetConfig:
