@@ -16,7 +16,7 @@ SETTINGS = BenchmarkSettings(batch_sizes=(1, 2), repeats=1, warmup=1, train_batc
 @pytest.fixture(scope="module")
 def report():
     config = focalnet.FocalNetConfig(embed_dim=16, depths=[1, 1, 1, 1], num_labels=10)
-    return run_benchmark({"tiny": config}, ["eager", "bf16", "int8", "train"], SETTINGS)
+    return run_benchmark({"tiny": config}, ["eager", "bf16", "channels-last", "int8", "train"], SETTINGS)
 
 
 def _result(report, mode):
@@ -67,6 +67,13 @@ def test_training_with_and_without_checkpointing(report) -> None:
     assert held == set(result.models)
 
 
+def test_channels_last_runs_every_model_on_channels_last_pixels(report) -> None:
+    result = _result(report, "channels-last")
+    assert set(result.accuracy) == {"ours", *PEERS}
+    assert all(check["max_abs_err"] < 1e-4 for check in result.accuracy.values())
+    assert {m.model for m in result.measurements if m.metric == "throughput_img_s"} == {"ours", *PEERS}
+
+
 def test_int8_runs_ours_quantised_against_fp32_peers(report) -> None:
     result = _result(report, "int8")
     assert result.models == ["ours-int8", *PEERS]
@@ -81,7 +88,7 @@ def test_table_and_json(report, tmp_path) -> None:
     data = json.loads((tmp_path / "out.json").read_text())
     assert data["machine"]["torch_threads"] >= 1 and data["machine"]["versions"]["torch"]
     assert data["settings"]["repeats"] == 1
-    assert [r["mode"] for r in data["results"]] == ["eager", "bf16", "int8", "train"]
+    assert [r["mode"] for r in data["results"]] == ["eager", "bf16", "channels-last", "int8", "train"]
     assert data["results"][0]["measurements"][0]["runs"]
 
 

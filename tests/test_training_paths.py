@@ -98,6 +98,40 @@ def test_compile_fullgraph_static_and_dynamic() -> None:
     assert len(graphs) <= 2, f"{len(graphs)} graphs for 5 input sizes"
 
 
+def _fused_calls(graph_module: torch.fx.GraphModule) -> int:
+    fused = (torch.ops.focalnet.fused_block, torch.ops.focalnet.fused_block.default)
+    return sum(node.target in fused for node in graph_module.graph.nodes)
+
+
+@pytest.mark.skipif(not focalnet.fused._ONEDNN_AVAILABLE, reason="this torch build has no oneDNN fused kernels")
+def test_compiled_inference_keeps_each_block_one_fused_operator() -> None:
+    """Under torch.compile, inference calls the fused block operator (not its oneDNN internals, which would
+    break the graph); with gradients the graph holds the plain, differentiable block."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    model = randomize_(focalnet.FocalNetForImageClassification(tiny_config())).eval()
+    compiled = torch.compile(model, fullgraph=True, backend=recording_backend)
+    pixels = torch.randn(2, 3, 32, 40)
+    with torch.no_grad():
+        assert_close(model(pixels).logits, compiled(pixels).logits, what="compiled inference")
+    assert _fused_calls(graphs[-1]) == sum(model.config.depths)
+    assert_close(model(pixels).logits.detach(), compiled(pixels).logits.detach(), what="compiled with gradients")
+    assert _fused_calls(graphs[-1]) == 0
+
+
+def test_torch_export_holds_only_standard_operators() -> None:
+    model = randomize_(focalnet.FocalNetForImageClassification(tiny_config())).eval()
+    with torch.no_grad():
+        exported = torch.export.export(model, (torch.randn(2, 3, 32, 32),))
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert not any("focalnet" in target or "mkldnn" in target for target in targets), targets
+
+
 @pytest.mark.slow
 def test_compile_inductor() -> None:
     torch._dynamo.reset()

@@ -37,7 +37,7 @@ from .configuration import FocalNetConfig
 from .formats import hf_to_timm
 from .modeling import FocalNetForImageClassification
 
-MODES = ("eager", "compile", "bf16", "amp", "int8", "train")
+MODES = ("eager", "compile", "bf16", "compile-bf16", "amp", "channels-last", "int8", "train", "train-compile")
 DEFAULT_MODES = ("eager", "compile", "bf16", "int8", "train")
 DEFAULT_PRESETS = ("focalnet-tiny", "focalnet-tiny-lrf", "focalnet-base")
 DEFAULT_BATCH_SIZES = (1, 8, 32)
@@ -239,6 +239,14 @@ def inference_runners(
         return {name: torch.compile(m, dynamic=False) for name, m in models.items()}, torch.float32, []
     if mode == "bf16":
         return {name: m.to(torch.bfloat16) for name, m in models.items()}, torch.bfloat16, []
+    if mode == "compile-bf16":
+        return (
+            {name: torch.compile(m.to(torch.bfloat16), dynamic=False) for name, m in models.items()},
+            torch.bfloat16,
+            [],
+        )
+    if mode == "channels-last":
+        return {name: m.to(memory_format=torch.channels_last) for name, m in models.items()}, torch.float32, []
     if mode == "amp":
         return {name: autocast_bf16(m, device.type) for name, m in models.items()}, torch.float32, []
     if mode == "int8":
@@ -357,11 +365,20 @@ def measure(
 # ------------------------------------------------------------------------------------------------
 # the jobs
 def make_input(
-    config: FocalNetConfig, batch_size: int, settings: BenchmarkSettings, dtype: torch.dtype
+    config: FocalNetConfig,
+    batch_size: int,
+    settings: BenchmarkSettings,
+    dtype: torch.dtype,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
     generator = torch.Generator().manual_seed(settings.seed)
     shape = (batch_size, config.num_channels, settings.image_size, settings.image_size)
-    return torch.randn(shape, generator=generator).to(settings.device, dtype)
+    return torch.randn(shape, generator=generator).to(settings.device, dtype, memory_format=memory_format)
+
+
+def input_format(mode: str) -> torch.memory_format:
+    """The memory format of the pixels a mode feeds (channels_last for "channels-last")."""
+    return torch.channels_last if mode == "channels-last" else torch.contiguous_format
 
 
 def compare_logits(logits: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -382,10 +399,11 @@ def benchmark_inference(
         return {}, [], notes
     measurements: list[Measurement] = []
     with torch.inference_mode():
-        check_input = make_input(job.config, min(settings.batch_sizes), settings, dtype)
+        memory_format = input_format(job.mode)
+        check_input = make_input(job.config, min(settings.batch_sizes), settings, dtype, memory_format)
         accuracy = {name: compare_logits(logits_of(run(check_input)), reference) for name, run in runners.items()}
         for batch_size in settings.batch_sizes:
-            pixel_values = make_input(job.config, batch_size, settings, dtype)
+            pixel_values = make_input(job.config, batch_size, settings, dtype, memory_format)
             steps = {name: partial(run, pixel_values) for name, run in runners.items()}
             metric = "latency_ms" if batch_size == 1 else "throughput_img_s"
             measurements += measure(steps, batch_size, metric, settings)
@@ -427,17 +445,20 @@ def checkpointed(model: nn.Module, step: Callable[[], Any]) -> Any:
 
 
 def benchmark_training(models: dict[str, nn.Module], job: Job, settings: BenchmarkSettings) -> list[Measurement]:
-    """A training step of every model, and of ours with gradient checkpointing where it has it."""
+    """A training step of every model (each compiled in "train-compile"), and of ours with gradient
+    checkpointing where it has it (eagerly)."""
     batch_size = settings.train_batch_size
     pixel_values = make_input(job.config, batch_size, settings, torch.float32)
     labels = torch.randint(job.config.num_labels, (batch_size,), generator=torch.Generator().manual_seed(0))
     labels = labels.to(settings.device)
+    compiled = job.mode == "train-compile"
     steps, forwards = {}, {}
     for name, model in models.items():
         optimizer = torch.optim.AdamW(model.train().parameters(), lr=settings.learning_rate)
-        steps[name] = partial(train_step, model, optimizer, pixel_values, labels)
-        forwards[name] = partial(model, pixel_values)
-        if name == OURS and hasattr(model, "gradient_checkpointing_enable"):
+        runner = torch.compile(model, dynamic=False) if compiled else model
+        steps[name] = partial(train_step, runner, optimizer, pixel_values, labels)
+        forwards[name] = partial(runner, pixel_values)
+        if name == OURS and hasattr(model, "gradient_checkpointing_enable") and not compiled:
             steps["ours+checkpointing"] = partial(checkpointed, model, steps[OURS])
             forwards["ours+checkpointing"] = partial(checkpointed, model, forwards[OURS])
     found = measure(steps, batch_size, "train_step_ms", settings)
@@ -463,13 +484,13 @@ def run_job(job: Job, settings: BenchmarkSettings) -> JobResult:
     ]
     accuracy: dict[str, dict[str, float]] = {}
     try:
-        if job.mode == "train":
+        if job.mode.startswith("train"):
             measurements = benchmark_training(models, job, settings)
         else:
             accuracy, measurements, mode_notes = benchmark_inference(models, job, settings, reference)
             notes += mode_notes
     finally:
-        if job.mode == "compile":
+        if "compile" in job.mode:
             torch._dynamo.reset()
     attach_ratios(measurements)
     measured = list(dict.fromkeys(m.model for m in measurements)) or list(models)

@@ -147,11 +147,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = find_images(args.inputs)
     if not images:
         raise ValueError(f"no image files found in {', '.join(args.inputs)}")
-    if _is_detector(args.model):
+    if args.onnx:
+        from .export import OnnxPredictor
+
+        if args.set:
+            raise ValueError("--set changes the config of a PyTorch model; an ONNX file is fixed (export it again)")
+        predictor = OnnxPredictor.from_file(args.onnx)
+    elif _is_detector(args.model):
         return predict_detections(args, images)
-    if _is_segmenter(args.model):
+    elif _is_segmenter(args.model):
         return predict_segmentation(args, images)
-    predictor = Predictor.from_pretrained(args.model, device=args.device, **parse_overrides(args.set))
+    else:
+        predictor = Predictor.from_pretrained(args.model, device=args.device, **parse_overrides(args.set))
     results, failures = [], []
     batches = [images[i : i + args.batch_size] for i in range(0, len(images), args.batch_size)]
     bar = progress(batches, "predicting", total=len(batches)) if len(images) > args.batch_size else batches
@@ -458,6 +465,28 @@ def cmd_make_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------
+# focalnet export
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import check_onnx, export_onnx, input_shape, load_exportable, onnx_session
+
+    if _is_detector(args.source):
+        raise ValueError(f"{args.source} is a detector; ONNX export covers classifiers, backbones, SimMIM and UperNet")
+    if _is_segmenter(args.source):
+        from .segmentation import UperNetForSemanticSegmentation
+        from .segmentation.inference import SegmentationPreprocessing
+
+        model = UperNetForSemanticSegmentation.from_pretrained(args.source)
+        processor = SegmentationPreprocessing.load(args.source)
+    else:
+        model, processor = load_exportable(args.source)
+    path = export_onnx(model, args.output, not args.static, args.opset, args.image_size, processor=processor)
+    shape = "x".join(str(dim or name) for dim, name in zip(input_shape(onnx_session(path)), "BCHW", strict=True))
+    print(f"wrote {path}: {type(model).__name__}, input pixel_values {shape}")
+    print(f"onnxruntime vs PyTorch: max abs difference {check_onnx(model, path):.2e}")
+    return 0
+
+
 def cmd_export_digits(args: argparse.Namespace) -> int:
     from .training.data import export_digits
 
@@ -542,7 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="classify images, detect objects (saved detectors) or segment them (saved UperNets)"
     )
     predict.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS", help="image files or directories")
-    predict.add_argument("--model", required=True, help="directory, weights file, registry name or hub id")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="directory, weights file, registry name or hub id")
+    source.add_argument("--onnx", metavar="FILE", help="a classifier exported by `focalnet export`, run by onnxruntime")
     predict.add_argument("--top-k", type=positive_int, default=5, help="labels shown per image (default 5)")
     predict.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
@@ -615,6 +646,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--layout", choices=["coco", "ade20k"], default="coco", help="COCO or ADE20K files (default: %(default)s)"
     )
     shapes.set_defaults(handler=cmd_make_shapes)
+
+    onnx = commands.add_parser("export", help="write a model as an ONNX file and check it with onnxruntime")
+    onnx.add_argument("source", help="directory, weights file, registry name or hub id (a saved UperNet too)")
+    onnx.add_argument("output", metavar="OUT.onnx", help="the file to write")
+    onnx.add_argument("--format", choices=["onnx"], default="onnx", help="file format (default: onnx)")
+    onnx.add_argument("--opset", type=int, help="ONNX opset (default: torch.onnx's)")
+    onnx.add_argument("--image-size", type=positive_int, help="side of the example image (default: the config's)")
+    onnx.add_argument("--static", action="store_true", help="fix batch 1 and the example's size (default: dynamic)")
+    onnx.set_defaults(handler=cmd_export)
 
     export = commands.add_parser("export-digits", help="write held-out scikit-learn digits as PNG files")
     export.add_argument("directory")

@@ -325,9 +325,14 @@ class FocalNetImageProcessor:
             raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
         config = read_json_object(file)
         try:
-            return cls(**_kwargs_from_hf(config))
+            return cls.from_dict(config)
         except (TypeError, ValueError, KeyError) as err:
             raise ValueError(f"{file} is not a usable preprocessor config: {err}") from None
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> FocalNetImageProcessor:
+        """Build from an HF preprocessor config as a dict (what `to_dict` gives); unknown keys are ignored."""
+        return cls(**_kwargs_from_hf(config))
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as an HF `preprocessor_config.json` (BitImageProcessor) plus `crop_rounding`."""

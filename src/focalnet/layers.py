@@ -8,8 +8,6 @@ state dict moves between the two unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,15 +51,26 @@ class DropPath(nn.Module):
 
 
 def channel_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """A Linear over the channels of channels-last `x` (B, H, W, C).
+    """A Linear over the channels of channels-last `x` (B, H, W, C): a 1x1 convolution, which is what it
+    runs as (over an NCHW view of the same memory) where that is faster or has the better defaults.
 
-    With gradients on the CPU it runs as a 1x1 convolution over the same memory (an NCHW view
-    in channels-last format), which oneDNN differentiates 15-20% faster than MKL's matmuls;
-    elsewhere it is `F.linear`. Weights keep the Linear shape [out, in] either way.
+    * CPU with gradients: oneDNN differentiates the convolution 15-20% faster than MKL's matmuls.
+    * CUDA in fp32: cuDNN's convolutions use TF32 tensor cores unless `torch.backends.cudnn.allow_tf32`
+      is turned off (PyTorch's default, and what timm's 1x1-convolution FocalNet runs), where a fp32
+      matmul stays on the slower full-precision path by default.
+    Elsewhere (CPU inference, autocast, int8) it is `F.linear`. Weights keep the Linear shape [out, in].
     """
-    if x.device.type == "cpu" and x.ndim == 4 and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if _as_pointwise_convolution(x):
         return F.conv2d(x.permute(0, 3, 1, 2), weight[:, :, None, None], bias).permute(0, 2, 3, 1)
     return F.linear(x, weight, bias)
+
+
+def _as_pointwise_convolution(x: torch.Tensor) -> bool:
+    if x.ndim != 4:
+        return False
+    if x.device.type == "cuda":
+        return x.dtype == torch.float32 and not torch.is_autocast_enabled("cuda")
+    return x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
 def apply_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -180,18 +189,16 @@ class FocalModulation(nn.Module):
             return out, modulator.permute(0, 3, 1, 2), gates
         return out, None, None
 
-    def project_in(
-        self, x: torch.Tensor, product: Callable[..., torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Query, context and gates as three products `product(x, weight, bias)` (default
-        `channel_linear`), so each is contiguous; one product and a split for quantised layers."""
+    def project_in(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, context and gates as three products, so each is contiguous; one product and a
+        split for quantised layers."""
         dim = self.dim
         if type(self.projection_in) is not nn.Linear:
             return self.projection_in(x).split([dim, dim, self.focal_level + 1], dim=-1)
-        product = product or channel_linear
         weight, bias = self.projection_in.weight, self.projection_in.bias
         return tuple(
-            product(x, weight[rows], bias[rows]) for rows in (slice(0, dim), slice(dim, 2 * dim), slice(2 * dim, None))
+            channel_linear(x, weight[rows], bias[rows])
+            for rows in (slice(0, dim), slice(dim, 2 * dim), slice(2 * dim, None))
         )
 
     def extra_repr(self) -> str:

@@ -41,16 +41,27 @@ def processor_for(source: str | os.PathLike, image_size: int) -> FocalNetImagePr
 
 
 class Predictor:
-    """A classifier with its preprocessing; `predict` never stops on a bad image."""
+    """A classifier with its preprocessing; `predict` never stops on a bad image.
+
+    `logits` is the one step that runs the model: `focalnet.export.OnnxPredictor` overrides it to
+    run an exported file, and so shares the reading of images and the top-k results.
+    """
 
     def __init__(self, model: FocalNetForImageClassification, processor: FocalNetImageProcessor) -> None:
         self.model = model.eval()
         self.processor = processor
+        self.id2label = model.config.id2label
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, device: str = "cpu", **overrides: Any) -> Predictor:
         model = FocalNetForImageClassification.from_pretrained(source, **overrides).to(device)
         return cls(model, processor_for(source, model.config.image_size_2d[0]))
+
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, num_labels) float32 logits of a preprocessed batch."""
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            return self.model(pixel_values.to(device)).logits.float()
 
     def predict(self, paths: Sequence[str], top_k: int = 5) -> tuple[list[dict], list[tuple[str, str]]]:
         """Top-k labels per readable image, and (path, reason) for each that could not be read."""
@@ -63,13 +74,10 @@ class Predictor:
                 failures.append((path, str(err)))
         if not tensors:
             return [], failures
-        device = next(self.model.parameters()).device
-        with torch.inference_mode():
-            logits = self.model(torch.stack(tensors).to(device)).logits.float()
-        probabilities = logits.softmax(-1)
+        probabilities = self.logits(torch.stack(tensors)).softmax(-1)
         k = min(top_k, probabilities.shape[-1])
         scores, indices = probabilities.topk(k)
-        labels = self.model.config.id2label
+        labels = self.id2label
         results = [
             {
                 "path": path,
