@@ -42,6 +42,7 @@ from .modeling import (
     FocalNetForMaskedImageModeling,
     FocalNetModel,
     FocalNetPreTrainedModel,
+    class_for_weights,
 )
 from .outputs import ModelOutput
 from .predict import Predictor, processor_for
@@ -301,14 +302,7 @@ def load_exportable(source: str | os.PathLike) -> tuple[FocalNetPreTrainedModel,
 
 def _checkpoint_class(config: FocalNetConfig, state: dict[str, torch.Tensor]) -> type[FocalNetPreTrainedModel]:
     exportable = {cls.__name__: cls for cls in OUTPUT_FIELDS if issubclass(cls, FocalNetPreTrainedModel)}
-    for name in config.extra.get("architectures") or []:
-        if name in exportable:
-            return exportable[name]
-    if any(key.startswith("decoder.") for key in state):
-        return FocalNetForMaskedImageModeling
-    if "classifier.weight" in state:
-        return FocalNetForImageClassification
-    return FocalNetModel
+    return class_for_weights(config, state.keys(), exportable) or FocalNetModel
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -505,3 +506,19 @@ class FocalNetBackbone(FocalNetPreTrainedModel):
             hidden = tuple(_tokens(h) for h in encoded.hidden_states)
         output = BackboneOutput(feature_maps=tuple(feature_maps), hidden_states=hidden)
         return output if return_dict else output.to_tuple()
+
+
+def class_for_weights(
+    config: FocalNetConfig, keys: Iterable[str], classes: Mapping[str, type[FocalNetPreTrainedModel]]
+) -> type[FocalNetPreTrainedModel] | None:
+    """The class among `classes` (by name) that the config's `architectures` entry names, else the one
+    the weights' heads say (a SimMIM decoder, a classifier); None for weights of neither."""
+    for name in config.extra.get("architectures") or []:
+        if name in classes:
+            return classes[name]
+    keys = list(keys)
+    if any(key.startswith("decoder.") for key in keys):
+        return FocalNetForMaskedImageModeling
+    if "classifier.weight" in keys:
+        return FocalNetForImageClassification
+    return None

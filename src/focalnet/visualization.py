@@ -30,7 +30,12 @@ from .checkpoints import build_from_resolved, resolve
 from .configuration import FocalNetConfig
 from .image_processing import FocalNetImageProcessor, to_rgb_image
 from .masking import MaskGenerator
-from .modeling import FocalNetForImageClassification, FocalNetForMaskedImageModeling, FocalNetPreTrainedModel
+from .modeling import (
+    FocalNetForImageClassification,
+    FocalNetForMaskedImageModeling,
+    FocalNetPreTrainedModel,
+    class_for_weights,
+)
 from .predict import processor_for
 
 if TYPE_CHECKING:
@@ -418,13 +423,9 @@ def _load_model(source: str | os.PathLike, device: str) -> FocalNetPreTrainedMod
 
 def _model_class(config: FocalNetConfig, keys: Any, source: str) -> type[FocalNetPreTrainedModel]:
     """The config's `architectures` entry, else the heads the weights have: SimMIM decoder or classifier."""
-    for name in config.extra.get("architectures") or []:
-        if name in VISUALIZED_CLASSES:
-            return VISUALIZED_CLASSES[name]
-    if any(key.startswith("decoder.") for key in keys):
-        return FocalNetForMaskedImageModeling
-    if "classifier.weight" in keys:
-        return FocalNetForImageClassification
+    model_class = class_for_weights(config, keys, VISUALIZED_CLASSES)
+    if model_class is not None:
+        return model_class
     raise ValueError(
         f"{source} is neither an image classifier nor a masked-image-modeling model (no classifier or decoder "
         "weights); visualize needs one of the two"
