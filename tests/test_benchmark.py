@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import focalnet
-from focalnet.benchmark import PEERS, BenchmarkSettings, run_benchmark
+from focalnet.benchmark import PEERS, BenchmarkSettings, run_benchmark, without_fused_blocks
 from focalnet.cli import main
 
+REPORT_MODES = ["eager", "plain", "bf16", "channels-last", "int8", "onnxruntime", "train"]
 SETTINGS = BenchmarkSettings(batch_sizes=(1, 2), repeats=1, warmup=1, train_batch_size=2, image_size=64)
 
 
 @pytest.fixture(scope="module")
 def report():
     config = focalnet.FocalNetConfig(embed_dim=16, depths=[1, 1, 1, 1], num_labels=10)
-    return run_benchmark({"tiny": config}, ["eager", "bf16", "channels-last", "int8", "train"], SETTINGS)
+    return run_benchmark({"tiny": config}, REPORT_MODES, SETTINGS)
 
 
 def _result(report, mode):
@@ -74,10 +76,30 @@ def test_channels_last_runs_every_model_on_channels_last_pixels(report) -> None:
     assert {m.model for m in result.measurements if m.metric == "throughput_img_s"} == {"ours", *PEERS}
 
 
+def test_plain_mode_runs_ours_without_the_fused_blocks(report, monkeypatch) -> None:
+    result = _result(report, "plain")
+    assert {m.model for m in result.measurements if m.metric == "throughput_img_s"} == {"ours", *PEERS}
+    assert result.accuracy["ours"]["max_abs_err"] < 1e-4
+    calls = []
+    monkeypatch.setattr(focalnet.fused, "_fused_block", lambda *args: calls.append(1))
+    model = focalnet.FocalNetModel(focalnet.FocalNetConfig(embed_dim=8, depths=[1, 1], hidden_sizes=[8, 16])).eval()
+    with torch.inference_mode():
+        without_fused_blocks(model)(torch.randn(1, 3, 32, 32))
+    assert not calls
+
+
 def test_int8_runs_ours_quantised_against_fp32_peers(report) -> None:
     result = _result(report, "int8")
     assert result.models == ["ours-int8", *PEERS]
     assert result.accuracy["ours-int8"]["cosine"] > 0.99
+
+
+def test_onnxruntime_runs_our_exported_file_against_the_eager_models(report) -> None:
+    result = _result(report, "onnxruntime")
+    assert result.models == ["ours-onnxruntime", "ours", *PEERS]
+    assert result.accuracy["ours-onnxruntime"]["max_abs_err"] < 1e-4
+    rows = [m for m in result.measurements if m.model == "ours-onnxruntime" and m.metric == "throughput_img_s"]
+    assert rows and rows[0].ratio_to_best_peer > 0
 
 
 def test_table_and_json(report, tmp_path) -> None:
@@ -88,7 +110,7 @@ def test_table_and_json(report, tmp_path) -> None:
     data = json.loads((tmp_path / "out.json").read_text())
     assert data["machine"]["torch_threads"] >= 1 and data["machine"]["versions"]["torch"]
     assert data["settings"]["repeats"] == 1
-    assert [r["mode"] for r in data["results"]] == ["eager", "bf16", "channels-last", "int8", "train"]
+    assert [r["mode"] for r in data["results"]] == REPORT_MODES
     assert data["results"][0]["measurements"][0]["runs"]
 
 

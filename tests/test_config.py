@@ -599,6 +599,25 @@ def test_out_features_and_indices_derived(kwargs, features, indices):
     assert ours.out_indices == list(hf.out_indices)
 
 
+@pytest.mark.parametrize(
+    ("attribute", "value", "features", "indices"),
+    [
+        ("out_features", ["stage1", "stage4"], ["stage1", "stage4"], [1, 4]),
+        ("out_indices", [0, 2], ["stem", "stage2"], [0, 2]),
+    ],
+)
+def test_setting_out_features_or_indices_realigns_the_other_like_hf(attribute, value, features, indices):
+    ours, hf = FocalNetConfig(), transformers.FocalNetConfig()
+    setattr(ours, attribute, value)
+    setattr(hf, attribute, value)
+    assert (ours.out_features, ours.out_indices) == (features, indices)
+    assert (ours.out_features, ours.out_indices) == (list(hf.out_features), list(hf.out_indices))
+    assert FocalNetConfig.from_dict(ours.to_dict()).out_indices == indices
+    with pytest.raises(ValueError, match="name no stage"):
+        ours.out_features = ["stage9"]
+    assert ours.out_features == features  # a refused value leaves the config as it was
+
+
 def test_legacy_underscore_out_features_key():
     data = FocalNetConfig().to_dict()
     del data["out_features"], data["out_indices"]

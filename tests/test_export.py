@@ -52,7 +52,8 @@ def tiny_upernet() -> focalnet.UperNetForSemanticSegmentation:
 
 def tiny_classifier(tmp_path: Path) -> Path:
     """A saved classifier with labels and its own preprocessing (96 px, bicubic)."""
-    config = tiny_config(1, id2label={0: "cat", 1: "cup", 2: "rocket"})
+    labels = ["cat", "cup", "rocket", "dog", "kettle", "tree"]
+    config = tiny_config(1, id2label=dict(enumerate(labels)))
     directory = tmp_path / "classifier"
     randomize_(focalnet.FocalNetForImageClassification(config)).save_pretrained(directory)
     focalnet.FocalNetImageProcessor(size=110, crop_size=96, resample="bicubic").save_pretrained(directory)
@@ -147,7 +148,11 @@ def test_the_file_carries_class_config_and_preprocessing(exported) -> None:
     metadata = {prop.key: prop.value for prop in onnx.load(str(path)).metadata_props}
     assert metadata[METADATA_CLASS] == "FocalNetForImageClassification"
     config = focalnet.FocalNetConfig.from_dict(json.loads(metadata[METADATA_CONFIG]))
-    assert config.id2label == {0: "cat", 1: "cup", 2: "rocket"} and config.depths == model.config.depths
+    assert (
+        config.id2label == model.config.id2label
+        and config.id2label[2] == "rocket"
+        and config.depths == model.config.depths
+    )
     processor = json.loads(metadata[METADATA_PREPROCESSOR])
     assert processor["crop_size"] == {"height": 96, "width": 96} and processor["resample"] == 3
     upernet_metadata = {
@@ -200,7 +205,7 @@ def test_predict_onnx_equals_predict(exported, capsys) -> None:
     _, path = exported["classification"]
     reports = []
     for source in (["--model", str(directory)], ["--onnx", str(path)]):
-        assert main(["predict", str(IMAGES), *source, "--json", "--top-k", "3", "--batch-size", "2"]) == 0
+        assert main(["predict", str(IMAGES), *source, "--json", "--top-k", "5", "--batch-size", "2"]) == 0
         reports.append(json.loads(capsys.readouterr().out)["predictions"])
     torch_report, onnx_report = reports
     assert len(onnx_report) == len(list(IMAGES.glob("*.jpg"))) == len(torch_report)
@@ -209,9 +214,9 @@ def test_predict_onnx_equals_predict(exported, capsys) -> None:
         assert [g["label"] for g in ours["top_k"]] == [g["label"] for g in theirs["top_k"]]
         assert [g["score"] for g in ours["top_k"]] == pytest.approx([g["score"] for g in theirs["top_k"]], abs=1e-5)
     image = str(next(IMAGES.glob("*.jpg")))
-    assert main(["predict", image, "--onnx", str(path), "--top-k", "3"]) == 0
+    assert main(["predict", image, "--onnx", str(path), "--top-k", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == image and len(lines) == 4
+    assert lines[0] == image and len(lines) == 6
     assert lines[1].split()[-1] == torch_report[[r["path"] for r in torch_report].index(image)]["top_k"][0]["label"]
 
 

@@ -45,8 +45,11 @@ def test_fused_equals_plain(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     with torch.inference_mode():
         fused = _outputs(model, pixels)
         assert calls, "the fused path was not taken under inference_mode"
-        monkeypatch.setattr(focalnet.layers, "fused_path_available", lambda x: False)
-        _assert_same(_outputs(model, pixels), fused, name)
+        calls.clear()
+        with focalnet.fused.flags(enabled=False):
+            plain = _outputs(model, pixels)
+        assert not calls, "fused.flags(enabled=False) did not turn the fused path off"
+        _assert_same(plain, fused, name)
 
 
 def test_fp32_chunking_by_image_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ import os
 import platform
 import socket
 import statistics
+import tempfile
 import threading
 import time
 import traceback
@@ -25,20 +26,33 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from importlib import metadata
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
+from . import __version__, fused
 from ._io import atomic_write
 from .configuration import FocalNetConfig
 from .formats import hf_to_timm
 from .modeling import FocalNetForImageClassification
 
-MODES = ("eager", "compile", "bf16", "compile-bf16", "amp", "channels-last", "int8", "train", "train-compile")
-DEFAULT_MODES = ("eager", "compile", "bf16", "int8", "train")
+MODES = (
+    "eager",
+    "plain",
+    "compile",
+    "bf16",
+    "compile-bf16",
+    "amp",
+    "channels-last",
+    "int8",
+    "onnxruntime",
+    "train",
+    "train-compile",
+)
+DEFAULT_MODES = ("eager", "plain", "compile", "bf16", "int8", "train")
 DEFAULT_PRESETS = ("focalnet-tiny", "focalnet-tiny-lrf", "focalnet-base")
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 OURS = "ours"
@@ -227,6 +241,25 @@ def autocast_bf16(model: nn.Module, device_type: str) -> Runner:
     return run
 
 
+def without_fused_blocks(model: nn.Module) -> Runner:
+    """`model` on its plain path: the one CUDA runs and `torch.compile` starts from."""
+
+    def run(pixel_values: torch.Tensor) -> Any:
+        with fused.flags(enabled=False):
+            return model(pixel_values)
+
+    return run
+
+
+def onnxruntime_runner(model: nn.Module) -> Runner:
+    """`model` exported to ONNX (dynamic shapes) and run by onnxruntime with as many threads as torch."""
+    from .export import export_onnx, onnx_session, run_session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        session = onnx_session(export_onnx(model, Path(tmp) / "model.onnx"), threads=torch.get_num_threads())
+    return lambda pixel_values: run_session(session, ["logits"], pixel_values)[0]
+
+
 def inference_runners(
     models: dict[str, nn.Module], mode: str, device: torch.device
 ) -> tuple[dict[str, Runner], torch.dtype, list[str]]:
@@ -235,6 +268,8 @@ def inference_runners(
         model.eval()
     if mode == "eager":
         return dict(models), torch.float32, []
+    if mode == "plain":
+        return {**models, OURS: without_fused_blocks(models[OURS])}, torch.float32, ["plain: the peers run eagerly"]
     if mode == "compile":
         return {name: torch.compile(m, dynamic=False) for name, m in models.items()}, torch.float32, []
     if mode == "bf16":
@@ -249,6 +284,14 @@ def inference_runners(
         return {name: m.to(memory_format=torch.channels_last) for name, m in models.items()}, torch.float32, []
     if mode == "amp":
         return {name: autocast_bf16(m, device.type) for name, m in models.items()}, torch.float32, []
+    if mode == "onnxruntime":
+        if device.type != "cpu":
+            return {}, torch.float32, ["onnxruntime skipped: it runs here on the CPU only"]
+        try:
+            exported = onnxruntime_runner(models[OURS])
+        except ImportError as err:
+            return {}, torch.float32, [f"onnxruntime skipped: {err}"]
+        return {"ours-onnxruntime": exported, **models}, torch.float32, ["onnxruntime: the others run eagerly"]
     if mode == "int8":
         if device.type != "cpu":
             return {}, torch.float32, ["int8 skipped: dynamic int8 quantisation runs on the CPU only"]

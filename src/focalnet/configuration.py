@@ -138,8 +138,8 @@ class FocalNetConfig(ConfigFile):
         return_dict: bool = True,
         **kwargs: Any,
     ) -> None:
-        self.out_features: list[str] = []
-        self.out_indices: list[int] = []
+        self._out_features: list[str] = []
+        self._out_indices: list[int] = []
         self.image_size = _int_or_pair(image_size, "image_size")
         self.patch_size = _int_or_pair(patch_size, "patch_size")
         self.num_channels = num_channels
@@ -179,7 +179,7 @@ class FocalNetConfig(ConfigFile):
         for key, value in kwargs.items():
             setattr(self, key, value)
         self.validate()
-        self.out_features, self.out_indices = self._resolve_out_features(out_features, out_indices)
+        self._out_features, self._out_indices = self._resolve_out_features(out_features, out_indices)
 
     # ----------------------------------------------------------------------------------------
     # derived properties
@@ -190,6 +190,24 @@ class FocalNetConfig(ConfigFile):
     @property
     def stage_names(self) -> list[str]:
         return ["stem"] + [f"stage{i}" for i in range(1, self.num_stages + 1)]
+
+    @property
+    def out_features(self) -> list[str]:
+        """Names of the stages a backbone returns; setting it re-derives `out_indices` (as in HF)."""
+        return self._out_features
+
+    @out_features.setter
+    def out_features(self, features: list[str] | None) -> None:
+        self._out_features, self._out_indices = self._resolve_out_features(features, None)
+
+    @property
+    def out_indices(self) -> list[int]:
+        """Indices into `stage_names` of the stages a backbone returns; setting it re-derives `out_features`."""
+        return self._out_indices
+
+    @out_indices.setter
+    def out_indices(self, indices: list[int] | None) -> None:
+        self._out_features, self._out_indices = self._resolve_out_features(None, indices)
 
     @property
     def stage_widths(self) -> list[int]:

@@ -307,12 +307,15 @@ def _checkpoint_class(config: FocalNetConfig, state: dict[str, torch.Tensor]) ->
 
 # ------------------------------------------------------------------------------------------------
 # running a file
-def onnx_session(path: str | os.PathLike) -> Any:
-    """An onnxruntime CPU session on the file at `path`."""
+def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session on the file at `path`; `threads` intra-op threads (default: onnxruntime's)."""
     onnxruntime = _require("onnxruntime", "running ONNX files")
     if not Path(path).is_file():
         raise FileNotFoundError(f"no ONNX file at {path}")
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def run_session(session: Any, names: list[str], pixel_values: torch.Tensor) -> list[torch.Tensor]:

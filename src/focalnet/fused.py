@@ -18,6 +18,8 @@ exported graph holds only standard operators.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -48,12 +50,26 @@ def _probe_onednn() -> bool:
 
 
 _ONEDNN_AVAILABLE = _probe_onednn()
+_enabled = True
+
+
+@contextlib.contextmanager
+def flags(enabled: bool) -> Iterator[None]:
+    """Turn the fused path on or off inside a `with` block (like `torch.backends.mkldnn.flags`), e.g.
+    to time or check the plain path that CUDA, `torch.export` and ONNX run."""
+    global _enabled
+    previous, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = previous
 
 
 def fused_path_available(x: torch.Tensor) -> bool:
     """Whether the fused kernels apply to this input (they have no autograd and ignore autocast)."""
     return (
-        _ONEDNN_AVAILABLE
+        _enabled
+        and _ONEDNN_AVAILABLE
         and not torch.compiler.is_exporting()
         and not torch.jit.is_tracing()
         and not torch.is_grad_enabled()
