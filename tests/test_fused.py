@@ -7,7 +7,7 @@ import torch
 
 import focalnet
 import focalnet.fused
-from conftest import assert_close, randomize_, tiny_config
+from conftest import SHIPPED_MIN_FUSED_WORK, assert_close, randomize_, tiny_config
 
 VARIANTS = {
     "pre_norm": dict(),
@@ -61,6 +61,21 @@ def test_fp32_chunking_by_image_is_exact(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setattr(focalnet.fused, "_FP32_ROWS_PER_CHUNK", 10**9)
         whole = model(pixels).last_hidden_state
     assert_close(whole, chunked, what="chunked")
+
+
+def test_small_blocks_take_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below the work threshold (tokens x C^2) a block runs plain, where oneDNN's per-call cost would dominate."""
+    monkeypatch.setattr(focalnet.fused, "_MIN_FUSED_WORK", SHIPPED_MIN_FUSED_WORK)
+    block = focalnet.FocalNetModel(tiny_config()).encoder.stages[0].layers[0].eval()  # 16 channels
+    calls = []
+    original = focalnet.fused._fused_block
+    monkeypatch.setattr(focalnet.fused, "_fused_block", lambda *a: calls.append(1) or original(*a))
+    with torch.inference_mode():
+        block(torch.randn(1, 8, 8, 16))
+        assert not calls, "a 64-token, 16-channel block took the fused path"
+        tokens = -(-SHIPPED_MIN_FUSED_WORK // 16**2)
+        block(torch.randn(1, tokens, 1, 16))
+        assert calls, f"a {tokens}-token block did not take the fused path"
 
 
 def test_plain_path_when_gradients_or_training_or_modulators() -> None:
