@@ -27,14 +27,15 @@ TIMM_FAMILIES = {
 }
 
 
-# The fused CPU path is taken only for blocks with enough work; the suite's tiny models take it
-# anyway, so every comparison with an oracle covers it (test_fused checks the shipped threshold).
-SHIPPED_MIN_FUSED_WORK = focalnet.fused._MIN_FUSED_WORK
-
-
 @pytest.fixture(autouse=True)
-def _seed_and_fuse_tiny_models(monkeypatch: pytest.MonkeyPatch) -> None:
+def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def fuse_tiny_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send even the tests' tiny blocks through the fused CPU path (by default only blocks with
+    enough work take it), for the tests that compare it with the plain one."""
     monkeypatch.setattr(focalnet.fused, "_MIN_FUSED_WORK", 0)
 
 

@@ -76,16 +76,20 @@ def test_channels_last_runs_every_model_on_channels_last_pixels(report) -> None:
     assert {m.model for m in result.measurements if m.metric == "throughput_img_s"} == {"ours", *PEERS}
 
 
-def test_plain_mode_runs_ours_without_the_fused_blocks(report, monkeypatch) -> None:
+def test_plain_mode_runs_ours_without_the_fused_blocks(report, monkeypatch, fuse_tiny_blocks) -> None:
     result = _result(report, "plain")
     assert {m.model for m in result.measurements if m.metric == "throughput_img_s"} == {"ours", *PEERS}
     assert result.accuracy["ours"]["max_abs_err"] < 1e-4
     calls = []
-    monkeypatch.setattr(focalnet.fused, "_fused_block", lambda *args: calls.append(1))
+    original = focalnet.fused._fused_block
+    monkeypatch.setattr(focalnet.fused, "_fused_block", lambda *args: calls.append(1) or original(*args))
     model = focalnet.FocalNetModel(focalnet.FocalNetConfig(embed_dim=8, depths=[1, 1], hidden_sizes=[8, 16])).eval()
+    pixels = torch.randn(1, 3, 32, 32)
     with torch.inference_mode():
-        without_fused_blocks(model)(torch.randn(1, 3, 32, 32))
-    assert not calls
+        without_fused_blocks(model)(pixels)
+        assert not calls
+        model(pixels)
+        assert calls, "the eager model should have taken the fused path"
 
 
 def test_int8_runs_ours_quantised_against_fp32_peers(report) -> None:

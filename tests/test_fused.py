@@ -7,7 +7,10 @@ import torch
 
 import focalnet
 import focalnet.fused
-from conftest import SHIPPED_MIN_FUSED_WORK, assert_close, randomize_, tiny_config
+from conftest import assert_close, randomize_, tiny_config
+
+SHIPPED_MIN_FUSED_WORK = focalnet.fused._MIN_FUSED_WORK
+pytestmark = pytest.mark.usefixtures("fuse_tiny_blocks")
 
 VARIANTS = {
     "pre_norm": dict(),

@@ -104,6 +104,7 @@ def _fused_calls(graph_module: torch.fx.GraphModule) -> int:
 
 
 @pytest.mark.skipif(not focalnet.fused._ONEDNN_AVAILABLE, reason="this torch build has no oneDNN fused kernels")
+@pytest.mark.usefixtures("fuse_tiny_blocks")
 def test_compiled_inference_keeps_each_block_one_fused_operator() -> None:
     """Under torch.compile, inference calls the fused block operator (not its oneDNN internals, which would
     break the graph); with gradients the graph holds the plain, differentiable block."""
@@ -155,6 +156,7 @@ COMPILED_CLASSES = {
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fuse_tiny_blocks")
 @pytest.mark.parametrize("name", COMPILED_CLASSES)
 def test_inductor_compiled_model_equals_eager_at_two_sizes(name: str) -> None:
     """Default `torch.compile` (inductor; the fused block operator under no_grad) matches eager within 1e-5."""
