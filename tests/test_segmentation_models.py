@@ -176,10 +176,10 @@ def test_loss_is_main_plus_weighted_auxiliary() -> None:
     labels[0, :20] = 255
     labels[1, :, :9] = 255
     output = model(pixels, labels=labels)
-    with torch.no_grad():
-        maps = model.backbone(pixels).feature_maps
-        main = F.interpolate(model.decode_head(maps), size=(45, 70), mode="bilinear", align_corners=False)
-        auxiliary = F.interpolate(model.auxiliary_head(maps), size=(45, 70), mode="bilinear", align_corners=False)
+    # with gradients on, as the call above: the same (autograd) path, so only the loss's composition differs
+    maps = model.backbone(pixels).feature_maps
+    main = F.interpolate(model.decode_head(maps), size=(45, 70), mode="bilinear", align_corners=False).detach()
+    auxiliary = F.interpolate(model.auxiliary_head(maps), size=(45, 70), mode="bilinear", align_corners=False).detach()
     valid = labels != 255
     by_hand = [
         -torch.log_softmax(logits, 1).gather(1, labels.clamp(max=4)[:, None])[:, 0][valid].mean()
