@@ -39,6 +39,15 @@ def fuse_tiny_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(focalnet.fused, "_MIN_FUSED_WORK", 0)
 
 
+@pytest.fixture
+def fused_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one each time a block runs through the fused kernels (which still run)."""
+    calls: list[int] = []
+    original = focalnet.fused._fused_block
+    monkeypatch.setattr(focalnet.fused, "_fused_block", lambda *args: calls.append(1) or original(*args))
+    return calls
+
+
 @torch.no_grad()
 def randomize_(model: nn.Module, seed: int = 0, scale: float = 0.02) -> nn.Module:
     """Give every parameter non-trivial values, so a wrong branch cannot hide.

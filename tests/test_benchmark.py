@@ -76,13 +76,11 @@ def test_channels_last_runs_every_model_on_channels_last_pixels(report) -> None:
     assert {m.model for m in result.measurements if m.metric == "throughput_img_s"} == {"ours", *PEERS}
 
 
-def test_plain_mode_runs_ours_without_the_fused_blocks(report, monkeypatch, fuse_tiny_blocks) -> None:
+def test_plain_mode_runs_ours_without_the_fused_blocks(report, fuse_tiny_blocks, fused_calls) -> None:
     result = _result(report, "plain")
     assert {m.model for m in result.measurements if m.metric == "throughput_img_s"} == {"ours", *PEERS}
     assert result.accuracy["ours"]["max_abs_err"] < 1e-4
-    calls = []
-    original = focalnet.fused._fused_block
-    monkeypatch.setattr(focalnet.fused, "_fused_block", lambda *args: calls.append(1) or original(*args))
+    calls = fused_calls
     model = focalnet.FocalNetModel(focalnet.FocalNetConfig(embed_dim=8, depths=[1, 1], hidden_sizes=[8, 16])).eval()
     pixels = torch.randn(1, 3, 32, 32)
     with torch.inference_mode():

@@ -38,13 +38,11 @@ def _assert_same(expected: list[torch.Tensor], got: list[torch.Tensor], what: st
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_fused_equals_plain(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fused_equals_plain(name: str, fused_calls: list[int]) -> None:
     model = focalnet.FocalNetForImageClassification(tiny_config(**VARIANTS[name]))
     randomize_(model, scale=0.15).eval()
     pixels = torch.randn(2, 3, 40, 56)
-    calls = []
-    original = focalnet.fused._fused_block
-    monkeypatch.setattr(focalnet.fused, "_fused_block", lambda *a: calls.append(1) or original(*a))
+    calls = fused_calls
     with torch.inference_mode():
         fused = _outputs(model, pixels)
         assert calls, "the fused path was not taken under inference_mode"
@@ -66,13 +64,11 @@ def test_fp32_chunking_by_image_is_exact(monkeypatch: pytest.MonkeyPatch) -> Non
     assert_close(whole, chunked, what="chunked")
 
 
-def test_small_blocks_take_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_small_blocks_take_the_plain_path(monkeypatch: pytest.MonkeyPatch, fused_calls: list[int]) -> None:
     """Below the work threshold (tokens x C^2) a block runs plain, where oneDNN's per-call cost would dominate."""
     monkeypatch.setattr(focalnet.fused, "_MIN_FUSED_WORK", SHIPPED_MIN_FUSED_WORK)
     block = focalnet.FocalNetModel(tiny_config()).encoder.stages[0].layers[0].eval()  # 16 channels
-    calls = []
-    original = focalnet.fused._fused_block
-    monkeypatch.setattr(focalnet.fused, "_fused_block", lambda *a: calls.append(1) or original(*a))
+    calls = fused_calls
     with torch.inference_mode():
         block(torch.randn(1, 8, 8, 16))
         assert not calls, "a 64-token, 16-channel block took the fused path"
