@@ -9,6 +9,8 @@ import transformers
 import focalnet
 from conftest import assert_close, randomize_
 
+pytestmark = pytest.mark.numerics
+
 ALL = ["stem", "stage1", "stage2", "stage3", "stage4"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
@@ -10,6 +11,8 @@ from timm.models.focalnet import FocalNet
 import focalnet
 from conftest import assert_close, randomize_
 from focalnet.cli import main
+
+pytestmark = pytest.mark.numerics
 
 LARGE_LIKE = dict(embed_dim=16, depths=[1, 2, 1, 1], use_conv_embed=True, use_post_layernorm=True, use_layerscale=True)
 TIMM_LARGE_LIKE = dict(

@@ -29,6 +29,8 @@ from focalnet.detection import (
 )
 from focalnet.formats import hf_to_original
 
+pytestmark = pytest.mark.numerics
+
 SMALL = {"embed_dim": 16, "depths": [1, 1, 1, 1]}
 DETERMINISTIC = {**SMALL, "drop_path_rate": 0.0}
 CATEGORIES = [{"id": 1, "name": "circle"}, {"id": 3, "name": "square"}, {"id": 7, "name": "triangle"}]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from focalnet.cli import main
 from focalnet.detection import from_pretrained
 from focalnet.detection.synthetic import make_shapes_dataset
 from focalnet.training import load_config, train
-from test_training_runs import final_weights, finish, max_difference, run_cli, wait_and_kill
+from test_training_runs import final_weights, finish, max_difference, run_cli, torchrun, wait_and_kill
 
 pytest.importorskip("pycocotools")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -71,9 +70,13 @@ def test_faster_rcnn_learns_the_shapes(trained: Path) -> None:
     keys = {"train_loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
     keys |= {"val_bbox_map", "val_bbox_map_50", "val_bbox_map_75", "lr", "images_per_sec"}
     assert all(row.keys() >= keys for row in history)
-    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    # mAP is the learning check. A detector's loss is a poor one: better proposals match more objects and
+    # add box-regression terms, so it falls unevenly (measured x0.68 with AVX-512, x0.78 with ATen's
+    # default kernels, whose rounding sends training elsewhere).
+    assert history[-1]["train_loss"] < 0.9 * history[0]["train_loss"], [row["train_loss"] for row in history]
     first, late = history[0]["val_bbox_map_50"], max(row["val_bbox_map_50"] for row in history[-2:])
-    assert late >= max(first + 0.15, 3 * first), [row["val_bbox_map_50"] for row in history]  # measured 0.0 -> 0.38
+    # measured 0.0 -> 0.38 (AVX-512), 0.06 -> 0.48 (default kernels)
+    assert late >= max(first + 0.15, 3 * first), [row["val_bbox_map_50"] for row in history]
     assert (trained / "curves.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((trained / "model" / "config.json").read_text())
     assert saved["architecture"] == "faster_rcnn"
@@ -135,6 +138,21 @@ def test_predict_draws_detections_above_the_threshold(trained: Path, shapes: Pat
             assert list(original.convert("RGB").getdata()) != list(drawn.getdata())
 
 
+def test_predict_keeps_one_drawing_per_input_when_names_repeat(trained: Path, shapes: Path, tmp_path) -> None:
+    first, second = sorted((shapes / "val").glob("*.png"))[:2]
+    twin = tmp_path / "elsewhere" / first.name  # the same file name, another picture
+    twin.parent.mkdir()
+    shutil.copy(second, twin)
+    out = tmp_path / "drawn"
+    assert main(["predict", str(first), str(twin), "--model", str(trained / "model"), "--output-dir", str(out)]) == 0
+    drawings = [p["drawing"] for p in json.loads((out / "detections.json").read_text())["predictions"]]
+    assert drawings == [str(out / f"{first.stem}.png"), str(out / f"{first.stem}-1.png")]
+    from PIL import Image
+
+    with Image.open(drawings[0]) as a, Image.open(drawings[1]) as b:
+        assert list(a.getdata()) != list(b.getdata())
+
+
 def test_saved_detector_round_trip_gives_identical_detections(trained: Path, tmp_path: Path) -> None:
     from focalnet.detection import save_pretrained
 
@@ -184,6 +202,7 @@ def test_retinanet_trains_on_the_engine(shapes: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "retina" / "model" / "config.json").read_text())["architecture"] == "retinanet"
 
 
+@pytest.mark.numerics
 def test_kill_and_resume_equals_the_uninterrupted_run(shapes: Path, tmp_path: Path) -> None:
     common = {"deterministic": True, "checkpoint_every": 2, "epochs": 2, "max_train_batches": 4, "random_crop": 0.5}
     full = run_cli(set_args(settings(shapes, tmp_path / "full", **common), "detection"))
@@ -191,29 +210,23 @@ def test_kill_and_resume_equals_the_uninterrupted_run(shapes: Path, tmp_path: Pa
     wait_and_kill(run_cli(set_args(settings(shapes, killed_dir, **common), "detection")), killed_dir)
     finish(run_cli(["--resume", "--output-dir", str(killed_dir)]), timeout=300)
     finish(full, timeout=300)
-    assert max_difference(final_weights(tmp_path / "full"), final_weights(killed_dir)) <= 1e-6
-    assert metrics_rows(tmp_path / "full")[-1]["train_loss"] == pytest.approx(
-        metrics_rows(killed_dir)[-1]["train_loss"], abs=1e-6
-    )
+    # exact: the resumed run repeats the same arithmetic (see test_training_runs.py)
+    assert max_difference(final_weights(tmp_path / "full"), final_weights(killed_dir)) == 0
+    assert metrics_rows(tmp_path / "full")[-1]["train_loss"] == metrics_rows(killed_dir)[-1]["train_loss"]
 
 
+@pytest.mark.numerics
 def test_two_process_run_equals_one_process(tmp_path: Path) -> None:
-    # images of one size: torchvision pads a batch to its largest image, and padding changes features
-    squares = make_shapes_dataset(tmp_path / "squares", 16, 4, seed=2, min_side=128, max_side=128)
-    common = {"deterministic": True, "epochs": 1, "max_train_batches": 3, "scales": [128], "min_size": 128}
-    single = run_cli(set_args(settings(squares, tmp_path / "one", **common), "detection"))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    finish(
-        run_cli(
-            set_args(settings(squares, tmp_path / "two", **common), "detection"),
-            launcher=[*torchrun, "-m", "focalnet.cli"],
-        )
-    )
+    # exact, as one process accumulating the two micro-batches: see test_training_runs.py for why
+    squares = make_shapes_dataset(tmp_path / "squares", 16, 4, seed=2, min_side=96, max_side=128)
+    common = {"deterministic": True, "epochs": 1, "max_train_batches": 3, "eval_batch_size": 1}
+    single = run_cli(set_args(settings(squares, tmp_path / "one", accum_steps=2, **common), "detection"))
+    finish(run_cli(set_args(settings(squares, tmp_path / "two", **common), "detection"), torchrun(tmp_path / "logs")))
     finish(single)
-    assert max_difference(final_weights(tmp_path / "one"), final_weights(tmp_path / "two")) <= 1e-5
+    assert max_difference(final_weights(tmp_path / "one"), final_weights(tmp_path / "two")) == 0
     one, two = metrics_rows(tmp_path / "one")[0], metrics_rows(tmp_path / "two")[0]
-    assert one["train_loss"] == pytest.approx(two["train_loss"], abs=1e-5)
-    assert one["val_bbox_map"] == pytest.approx(two["val_bbox_map"], abs=1e-6)  # predictions gathered, one COCOeval
+    assert one["train_loss"] == pytest.approx(two["train_loss"], rel=1e-12, abs=0)
+    assert one["val_bbox_map"] == two["val_bbox_map"]  # predictions gathered, one COCOeval
 
 
 def test_malformed_annotations_stop_the_run_before_training(shapes: Path, tmp_path: Path, capsys) -> None:

@@ -29,6 +29,8 @@ from focalnet.export import (
 )
 from focalnet.quantization import quantize_dynamic_int8
 
+pytestmark = pytest.mark.numerics
+
 IMAGES = Path(__file__).parent / "data" / "images"
 ATOL = 1e-4
 # (batch, height, width): square, non-square, and sides that are not multiples of the total stride (4 or 8 here)

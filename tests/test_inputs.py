@@ -16,6 +16,8 @@ from focalnet import (
     FocalNetModel,
 )
 
+pytestmark = pytest.mark.numerics
+
 ALL_CLASSES = [FocalNetModel, FocalNetForImageClassification, FocalNetForMaskedImageModeling, FocalNetBackbone]
 CLASS_IDS = [cls.__name__ for cls in ALL_CLASSES]
 

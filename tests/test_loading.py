@@ -17,6 +17,8 @@ from conftest import TIMM_FAMILIES, assert_close, randomize_
 from focalnet.checkpoints import CheckpointError, infer_config_kwargs
 from focalnet.registry import CHECKPOINTS, find_checkpoint, match_architecture
 
+pytestmark = pytest.mark.numerics
+
 FAMILIES = TIMM_FAMILIES
 SMALL = dict(embed_dim=16, depths=[1, 2, 1, 1])
 

@@ -13,6 +13,8 @@ import focalnet
 from conftest import TIMM_FAMILIES, assert_close, randomize_
 from focalnet.formats import hf_to_timm, timm_to_hf
 
+pytestmark = pytest.mark.numerics
+
 CONFIGS = {
     **TIMM_FAMILIES,
     "lrf_window5": (

@@ -20,6 +20,8 @@ from focalnet import (
 )
 from focalnet.segmentation import UperNetFCNHead, UperNetHead
 
+pytestmark = pytest.mark.numerics
+
 transformers_upernet = pytest.importorskip("transformers.models.upernet.modeling_upernet")
 transformers = pytest.importorskip("transformers")
 

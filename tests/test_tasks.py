@@ -124,6 +124,7 @@ def test_a_task_of_ones_own_gets_the_whole_engine(tmp_path: Path) -> None:
     assert checkpoint["task"] == "brightness"
 
 
+@pytest.mark.numerics
 def test_a_task_of_ones_own_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = brightness_config(tmp_path / "reference", drop_path_rate=0.0)
     train(config, task_class=BrightnessTask)

@@ -8,6 +8,8 @@ import torch
 import focalnet
 from conftest import assert_close, randomize_, tiny_config
 
+pytestmark = pytest.mark.numerics
+
 
 def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -103,7 +105,7 @@ def _fused_calls(graph_module: torch.fx.GraphModule) -> int:
     return sum(node.target in fused for node in graph_module.graph.nodes)
 
 
-@pytest.mark.skipif(not focalnet.fused._ONEDNN_AVAILABLE, reason="this torch build has no oneDNN fused kernels")
+@pytest.mark.skipif(not focalnet.fused._FUSED_DTYPES, reason="this torch build has no oneDNN fused kernels")
 @pytest.mark.usefixtures("fuse_tiny_blocks")
 def test_compiled_inference_keeps_each_block_one_fused_operator() -> None:
     """Under torch.compile, inference calls the fused block operator (not its oneDNN internals, which would

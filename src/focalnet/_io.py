@@ -52,6 +52,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         os.fsync(handle.fileno())
 
 
+def unique_stem(stem: str, used: set[str]) -> str:
+    """`stem`, or `stem-1`, `stem-2`, ... when an earlier input of the same run took it (two inputs
+    `a/x.png` and `b/x.jpg` would otherwise write over each other's output); records the name in `used`."""
+    name, number = stem, 0
+    while name in used:
+        number += 1
+        name = f"{stem}-{number}"
+    used.add(name)
+    return name
+
+
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON file holding an object; FileNotFoundError or a ValueError that names the file otherwise."""
     path = Path(path)

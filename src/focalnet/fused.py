@@ -9,11 +9,12 @@ The block's arithmetic is unchanged; what changes is how many passes it makes ov
 * LayerScale and the modulator normalisation are folded into the weights they multiply.
 
 Used automatically when nothing needs gradients, the tensors are fp32 or bf16 on the CPU, oneDNN
-is available, and the block is big enough for fusion to pay (`_MIN_FUSED_WORK`). The block is one
-custom operator, `torch.ops.focalnet.fused_block` (a pure function of its input and weights, with
-a shape-only fake kernel), so `torch.compile` keeps it whole and compiles what lies around it,
-where tracing the oneDNN calls would fall back to the slower plain path. `torch.export` (and the
-ONNX export built on it) traces the plain path: an exported graph holds only standard operators.
+runs the kernels in that dtype on this CPU, and the block is big enough for fusion to pay
+(`_MIN_FUSED_WORK`). The block is one custom operator, `torch.ops.focalnet.fused_block` (a pure
+function of its input and weights, with a shape-only fake kernel), so `torch.compile` keeps it
+whole and compiles what lies around it, where tracing the oneDNN calls would fall back to the
+slower plain path. `torch.export` (and the ONNX export built on it) traces the plain path: an
+exported graph holds only standard operators.
 """
 
 from __future__ import annotations
@@ -31,16 +32,18 @@ if TYPE_CHECKING:
 _ONEDNN = torch.ops.mkldnn
 
 
-def _probe_onednn() -> bool:
-    """Whether this torch build runs the fused kernels used here (not every CPU build has them)."""
+def _runs_fused_kernels(dtype: torch.dtype) -> bool:
+    """Whether this torch build and CPU run the fused kernels used here in `dtype`: not every build has
+    them, and oneDNN has no bf16 kernels on CPUs without AVX-512 (or AVX2-VNNI-2), e.g. under
+    ONEDNN_MAX_CPU_ISA=AVX2."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
         with torch.no_grad():
-            x, w = torch.ones(1, 2, 2, 4), torch.ones(4, 4)
+            x, w = torch.ones(1, 2, 2, 4, dtype=dtype), torch.ones(4, 4, dtype=dtype)
             _ONEDNN._linear_pointwise(x, w, None, "gelu", [], "none")
             _ONEDNN._linear_pointwise.binary(x, x, w, None, "add")
-            conv = torch.ones(4, 1, 3, 3)
+            conv = torch.ones(4, 1, 3, 3, dtype=dtype)
             _ONEDNN._convolution_pointwise(
                 x.permute(0, 3, 1, 2), conv, None, [1, 1], [1, 1], [1, 1], 4, "gelu", [], "none"
             )
@@ -49,7 +52,7 @@ def _probe_onednn() -> bool:
     return True
 
 
-_ONEDNN_AVAILABLE = _probe_onednn()
+_FUSED_DTYPES = frozenset(dtype for dtype in (torch.float32, torch.bfloat16) if _runs_fused_kernels(dtype))
 _enabled = True
 # Fusing pays once a block has enough arithmetic. Below this many multiply-adds in one C x C
 # product (tokens x C^2), the fixed cost of each oneDNN call and of the operator's dispatch
@@ -75,12 +78,11 @@ def fused_path_available(x: torch.Tensor) -> bool:
     autocast) and pay for themselves at its size."""
     return (
         _enabled
-        and _ONEDNN_AVAILABLE
         and not torch.compiler.is_exporting()
         and not torch.jit.is_tracing()
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
+        and x.dtype in _FUSED_DTYPES
         and not torch.is_autocast_enabled("cpu")
         and x.numel() * x.shape[-1] >= _MIN_FUSED_WORK
     )

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ._io import atomic_path
+from ._io import atomic_path, unique_stem
 from .checkpoints import build_from_resolved, resolve
 from .configuration import FocalNetConfig
 from .image_processing import FocalNetImageProcessor, to_rgb_image
@@ -467,15 +467,6 @@ def reconstruct(
     return reconstruction, model.pixel_mask(mask, height, width).to(reconstruction.device)
 
 
-def _output_path(directory: Path, stem: str, used: set[str]) -> Path:
-    """`directory/stem.png`, or `stem-1.png`, `stem-2.png`, ... when an earlier image took the name."""
-    name, counter = stem, 1
-    while name in used:
-        name, counter = f"{stem}-{counter}", counter + 1
-    used.add(name)
-    return directory / f"{name}.png"
-
-
 def visualize_images(
     paths: Sequence[str | os.PathLike],
     model_source: str | os.PathLike,
@@ -514,7 +505,7 @@ def visualize_images(
         except (ValueError, OSError) as err:
             failures.append((str(image_path), str(err)))
             continue
-        target = _output_path(directory, Path(image_path).stem, used)
+        target = directory / f"{unique_stem(Path(image_path).stem, used)}.png"
         if isinstance(model, FocalNetForMaskedImageModeling):
             rebuilt, pixel_mask = reconstruct(model, pixel_values, mask_ratio, mask_patch_size, seed)
             save_reconstruction_grid(pixel_values, rebuilt, pixel_mask, mean, std, target)

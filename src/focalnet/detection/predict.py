@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_path
+from .._io import atomic_path, unique_stem
 from ..image_processing import load_image
 from .models import detector_config, from_pretrained
 
@@ -67,13 +67,14 @@ class DetectionPredictor:
     def predict(
         self, paths: Sequence[str], output_dir: str | os.PathLike | None = None
     ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-        """Detections above the threshold per readable image (and, with `output_dir`, a PNG of each),
-        and (path, reason) for each image that could not be read."""
+        """Detections above the threshold per readable image (and, with `output_dir`, a PNG of each:
+        `<stem>.png`, `<stem>-1.png` for a repeated stem), and (path, reason) for each unreadable image."""
         functional, _, _ = _utils()
         device = next(self.model.parameters()).device
         names = self.config.label_names
         to_category = self.config.label_to_category
         results, failures = [], []
+        used: set[str] = set()
         for path in paths:
             try:
                 image = functional.pil_to_tensor(load_image(path))
@@ -86,7 +87,8 @@ class DetectionPredictor:
             detections = {key: value[keep].cpu() for key, value in output.items()}
             result: dict[str, Any] = {"path": path, "detections": _describe(detections, names, to_category)}
             if output_dir is not None:
-                result["drawing"] = str(_save_png(draw_detections(image, detections, names), output_dir, path))
+                target = Path(output_dir) / f"{unique_stem(Path(path).stem, used)}.png"
+                result["drawing"] = str(_save_png(draw_detections(image, detections, names), target))
             results.append(result)
         return results, failures
 
@@ -105,10 +107,9 @@ def _describe(detections: dict[str, torch.Tensor], names: dict[int, str], to_cat
     ]
 
 
-def _save_png(image: torch.Tensor, output_dir: str | os.PathLike, source: str) -> Path:
+def _save_png(image: torch.Tensor, path: Path) -> Path:
     from PIL import Image
 
-    path = Path(output_dir) / f"{Path(source).stem}.png"
     with atomic_path(path) as tmp:
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
     return path

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .._io import atomic_path
+from .._io import atomic_path, unique_stem
 from ..image_processing import load_image
 from .inference import SegmentationPreprocessing, predict_logits
 
@@ -157,16 +157,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def _unique_stem(stem: str, used: set[str]) -> str:
-    """`stem`, or `stem-1`, `stem-2`, ... when an earlier input of this run took it."""
-    name, number = stem, 0
-    while name in used:
-        number += 1
-        name = f"{stem}-{number}"
-    used.add(name)
-    return name
-
-
 def predict_images(
     model: nn.Module,
     preprocessing: SegmentationPreprocessing,
@@ -205,7 +195,7 @@ def predict_images(
             pixel_values = preprocessing(image).unsqueeze(0).to(device)
             logits = predict_logits(model, pixel_values, (image.height, image.width), window, stride)
             labels = logits.argmax(dim=1)[0].cpu()
-            stem = _unique_stem(Path(path).stem, used)
+            stem = unique_stem(Path(path).stem, used)
             written.append(save_label_map(labels, output / f"{stem}_labels.png", config.num_labels))
             overlay_path = output / f"{stem}_overlay.png"
             with atomic_path(overlay_path) as tmp:
