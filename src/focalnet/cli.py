@@ -221,13 +221,9 @@ def predict_detections(args: argparse.Namespace, images: list[str]) -> int:
 
     predictor = DetectionPredictor.from_pretrained(args.model, args.device, args.score_threshold)
     output_dir = Path(args.output_dir)
-    results, failures = [], []
-    for path in progress(images, "detecting", total=len(images)) if len(images) > 1 else images:
-        found, failed = predictor.predict([path], output_dir)
-        results += found
-        failures += failed
-        for bad, error in failed:
-            print(f"skipped {bad}: {error}", file=sys.stderr)
+    results, failures = predictor.predict(images, output_dir, progress if len(images) > 1 else None)
+    for bad, error in failures:
+        print(f"skipped {bad}: {error}", file=sys.stderr)
     report = {"predictions": results, "failed": [{"path": p, "error": e} for p, e in failures]}
     with atomic_write(output_dir / "detections.json") as handle:
         json.dump(report, handle, indent=1)
@@ -487,6 +483,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------
+# focalnet serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    options = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_batch_size": args.max_batch_size,
+        "max_wait_ms": args.max_wait_ms,
+        "max_queue": args.max_queue,
+        "timeout_s": args.timeout_s,
+        "top_k": args.top_k,
+        "threshold": args.threshold,
+        "max_upload_mb": args.max_upload_mb,
+        "max_pixels": args.max_pixels,
+        "max_images": args.max_images,
+        "api_key_env": args.api_key_env,
+        "cors_origins": args.cors_origin,
+        "model_name": args.name,
+        "onnx": args.onnx,
+    }
+    if args.ray:
+        from .serving.ray_serve import run
+
+        return run(args.model, args.host, args.port, args.ray_address, num_replicas=args.replicas, **options)
+    from .serving.server import serve
+
+    return serve(args.model, args.host, args.port, args.workers, **options)
+
+
 def cmd_export_digits(args: argparse.Namespace) -> int:
     from .training.data import export_digits
 
@@ -655,6 +680,34 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--image-size", type=positive_int, help="side of the example image (default: the config's)")
     onnx.add_argument("--static", action="store_true", help="fix batch 1 and the example's size (default: dynamic)")
     onnx.set_defaults(handler=cmd_export)
+
+    serve = commands.add_parser(
+        "serve", help="an HTTP API (transformers' pipeline JSON, batching, metrics) for any model; Ray Serve too"
+    )
+    served = serve.add_mutually_exclusive_group(required=True)
+    served.add_argument("model", nargs="?", help="anything --model takes: directory, weights, registry name, hub id")
+    served.add_argument("--onnx", metavar="FILE", help="a classifier exported by `focalnet export`")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="(default 8000)")
+    serve.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    serve.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    serve.add_argument("--workers", type=positive_int, default=1, help="processes, each with its own model (1)")
+    serve.add_argument("--max-batch-size", type=positive_int, default=16, help="images per model batch (16)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (5 ms)")
+    serve.add_argument("--max-queue", type=positive_int, default=256, help="images waiting at most; then 503 (256)")
+    serve.add_argument("--timeout-s", type=float, default=30.0, help="queued longer than this: 504 (30 s)")
+    serve.add_argument("--top-k", type=positive_int, default=5, help="classifiers: labels answered (5)")
+    serve.add_argument("--threshold", type=float, default=0.5, help="detectors: lowest score answered (0.5)")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit: 413 beyond (20 MB)")
+    serve.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="per image: 413 beyond (40M)")
+    serve.add_argument("--max-images", type=positive_int, default=32, help="per request: 413 beyond (32)")
+    serve.add_argument("--api-key-env", metavar="NAME", help="require Authorization: Bearer $NAME (not on health)")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow this origin")
+    serve.add_argument("--name", help="model name in /v2/models/NAME (default: the checkpoint's name)")
+    serve.add_argument("--ray", action="store_true", help="deploy on Ray Serve (local Ray, or --ray-address)")
+    serve.add_argument("--replicas", type=positive_int, default=1, help="Ray Serve replicas (1)")
+    serve.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+    serve.set_defaults(handler=cmd_serve)
 
     export = commands.add_parser("export-digits", help="write held-out scikit-learn digits as PNG files")
     export.add_argument("directory")

@@ -380,11 +380,12 @@ class OnnxPredictor(Predictor):
     """`Predictor` on an exported image classifier, run by onnxruntime with the preprocessing stored
     in the file (else HF's at the config's image size): the same images in, the same results out."""
 
-    def __init__(self, session: Any, processor: FocalNetImageProcessor, id2label: dict[int, str]) -> None:
+    def __init__(self, session: Any, processor: FocalNetImageProcessor, config: FocalNetConfig) -> None:
         # No PyTorch model: `logits` runs the session.
         self.session = session
         self.processor = processor
-        self.id2label = id2label
+        self.config = config
+        self.id2label = config.id2label
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> OnnxPredictor:
@@ -401,7 +402,7 @@ class OnnxPredictor(Predictor):
             processor = FocalNetImageProcessor.from_dict(json.loads(metadata[METADATA_PREPROCESSOR]))
         else:
             processor = FocalNetImageProcessor.from_preset("hf", image_size=config.image_size_2d[0])
-        return cls(session, processor, config.id2label)
+        return cls(session, processor, config)
 
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits of the batch; a static file runs it in slices of its batch size, the last one zero-padded."""

@@ -31,6 +31,7 @@ normalisation in float32, as in transformers.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -106,6 +107,40 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     except (OSError, SyntaxError, ValueError, image_module.DecompressionBombError) as err:
         raise ValueError(f"cannot read {path} as an image ({err})") from None
     return to_rgb_image(image)
+
+
+class ImageTooLargeError(ValueError):
+    """An image whose header declares more pixels than allowed: refused before it is decoded."""
+
+
+def decode_image(data: bytes, formats: Sequence[str] | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Encoded image bytes (an upload, say) as an RGB PIL image, as `load_image` reads a file.
+
+    `formats` is an allow-list of Pillow format names (None: every format Pillow knows); `max_pixels`
+    refuses, from the header and before decoding, an image of more pixels (`ImageTooLargeError`).
+    Animated images give their first frame. Anything unreadable is a ValueError saying why.
+    """
+    image_module, _, _ = _vision()
+    if not data:
+        raise ValueError("no image data (the body or file is empty)")
+    try:
+        with image_module.open(io.BytesIO(data), formats=formats) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ImageTooLargeError(
+                    f"the image is {image.width}x{image.height} = {image.width * image.height:,} pixels, more than "
+                    f"the {max_pixels:,} allowed; send a smaller image"
+                )
+            image.load()
+            return to_rgb_image(image)
+    except image_module.UnidentifiedImageError:
+        accepted = ", ".join(formats) if formats else "any format Pillow reads"
+        raise ValueError(f"the data is not an image in an accepted format ({accepted})") from None
+    except image_module.DecompressionBombError as error:
+        raise ImageTooLargeError(f"the image is too large to decode safely ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, ImageTooLargeError):
+            raise
+        raise ValueError(f"the image is damaged or truncated and cannot be decoded ({error})") from None
 
 
 def to_rgb_image(image: ImageInput) -> Image.Image:

@@ -40,6 +40,29 @@ def processor_for(source: str | os.PathLike, image_size: int) -> FocalNetImagePr
     return FocalNetImageProcessor.from_preset("hf", image_size=image_size)
 
 
+def class_scores(logits: torch.Tensor, config: Any) -> torch.Tensor:
+    """Scores per class as transformers' image-classification pipeline gives them: sigmoid for
+    multi-label models and single-output ones, softmax otherwise."""
+    multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
+    if multi_label or logits.shape[-1] == 1:
+        return logits.float().sigmoid()
+    return logits.float().softmax(-1)
+
+
+def top_classes(scores: torch.Tensor, id2label: dict[int, str], top_k: int) -> list[list[dict[str, Any]]]:
+    """The `top_k` classes of each row of `scores` (clamped to the number of classes), best first:
+    {"index", "label", "score"} dicts."""
+    k = min(top_k, scores.shape[-1])
+    values, indices = scores.topk(k)
+    return [
+        [
+            {"index": int(i), "label": id2label.get(int(i), str(int(i))), "score": float(s)}
+            for s, i in zip(row_scores.tolist(), row_indices.tolist(), strict=True)
+        ]
+        for row_scores, row_indices in zip(values, indices, strict=True)
+    ]
+
+
 class Predictor:
     """A classifier with its preprocessing; `predict` never stops on a bad image.
 
@@ -50,6 +73,7 @@ class Predictor:
     def __init__(self, model: FocalNetForImageClassification, processor: FocalNetImageProcessor) -> None:
         self.model = model.eval()
         self.processor = processor
+        self.config = model.config
         self.id2label = model.config.id2label
 
     @classmethod
@@ -58,10 +82,10 @@ class Predictor:
         return cls(model, processor_for(source, model.config.image_size_2d[0]))
 
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, num_labels) float32 logits of a preprocessed batch."""
-        device = next(self.model.parameters()).device
+        """(B, num_labels) float32 logits of a preprocessed batch (run in the model's device and dtype)."""
+        weight = next(self.model.parameters())
         with torch.inference_mode():
-            return self.model(pixel_values.to(device)).logits.float()
+            return self.model(pixel_values.to(weight.device, weight.dtype)).logits.float()
 
     def predict(self, paths: Sequence[str], top_k: int = 5) -> tuple[list[dict], list[tuple[str, str]]]:
         """Top-k labels per readable image, and (path, reason) for each that could not be read."""
@@ -74,18 +98,7 @@ class Predictor:
                 failures.append((path, str(err)))
         if not tensors:
             return [], failures
-        probabilities = self.logits(torch.stack(tensors)).softmax(-1)
-        k = min(top_k, probabilities.shape[-1])
-        scores, indices = probabilities.topk(k)
-        labels = self.id2label
-        results = [
-            {
-                "path": path,
-                "top_k": [
-                    {"index": int(i), "label": labels.get(int(i), str(int(i))), "score": float(s)}
-                    for s, i in zip(row_scores, row_indices, strict=True)
-                ],
-            }
-            for path, row_scores, row_indices in zip(readable, scores, indices, strict=True)
-        ]
+        scores = class_scores(self.logits(torch.stack(tensors)), self.config)
+        ranked = top_classes(scores, self.id2label, top_k)
+        results = [{"path": path, "top_k": guesses} for path, guesses in zip(readable, ranked, strict=True)]
         return results, failures

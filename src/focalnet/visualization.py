@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -320,8 +320,13 @@ def save_modulator_figure(
     figure = modulator_figure(model, pixel_values, mean, std, **options)
     path = Path(path)
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight", pad_inches=0.1)
+        write_figure_png(figure, tmp)
     return path
+
+
+def write_figure_png(figure: Figure, target: str | os.PathLike | IO[bytes]) -> None:
+    """A figure as PNG (120 dpi, trimmed) to a path or a binary file, e.g. an in-memory buffer."""
+    figure.savefig(target, format="png", dpi=120, bbox_inches="tight", pad_inches=0.1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,21 +358,19 @@ def reconstruction_grid(
     * the column titles are drawn in the top `HEADER` rows with Pillow's default font.
     """
     numpy, image_module, image_draw = _vision()
-    original, rebuilt, hidden = _reconstruction_arrays(pixel_values, reconstruction, pixel_mask)
-    height, width = original.shape[-2:]
+    columns = reconstruction_panels(pixel_values, reconstruction, pixel_mask, mean, std)
+    batch, height, width = columns[0].shape[:3]
     if scale is None:
         scale = max(1, math.ceil(MIN_PANEL_HEIGHT / height))
     if not (isinstance(scale, int) and scale >= 1):
         raise ValueError(f"scale must be a positive int, got {scale!r}")
-    shown, rebuilt = _denormalize(original, mean, std), _denormalize(rebuilt, mean, std)
-    columns = [shown, numpy.where(hidden, MASK_GREY, shown), rebuilt, numpy.where(hidden, rebuilt, shown)]
     panel_h, panel_w = height * scale, width * scale
     canvas = numpy.full(
-        (HEADER + len(shown) * panel_h + (len(shown) + 1) * MARGIN, 4 * panel_w + 5 * MARGIN, 3), 255, numpy.uint8
+        (HEADER + batch * panel_h + (batch + 1) * MARGIN, 4 * panel_w + 5 * MARGIN, 3), 255, numpy.uint8
     )
-    for column, values in enumerate(columns):
+    for column, pictures in enumerate(columns):
         left = MARGIN + column * (panel_w + MARGIN)
-        for row, panel in enumerate(_to_rgb_uint8(values)):
+        for row, panel in enumerate(pictures):
             top = HEADER + MARGIN + row * (panel_h + MARGIN)
             canvas[top : top + panel_h, left : left + panel_w] = panel.repeat(scale, 0).repeat(scale, 1)
     grid = image_module.fromarray(canvas)
@@ -376,6 +379,22 @@ def reconstruction_grid(
         centre = MARGIN + column * (panel_w + MARGIN) + panel_w / 2
         draw.text((centre, HEADER / 2), title, fill=(0, 0, 0), anchor="mm")
     return grid
+
+
+def reconstruction_panels(
+    pixel_values: torch.Tensor | np.ndarray,
+    reconstruction: torch.Tensor | np.ndarray,
+    pixel_mask: torch.Tensor | np.ndarray,
+    mean: float | Sequence[float],
+    std: float | Sequence[float],
+) -> list[np.ndarray]:
+    """The four (B, H, W, 3) uint8 pictures of `reconstruction_grid`'s columns, in `COLUMN_TITLES` order:
+    original, masked (hidden pixels grey), reconstruction, reconstruction with the visible pixels pasted back."""
+    numpy, _, _ = _vision()
+    original, rebuilt, hidden = _reconstruction_arrays(pixel_values, reconstruction, pixel_mask)
+    shown, rebuilt = _denormalize(original, mean, std), _denormalize(rebuilt, mean, std)
+    columns = [shown, numpy.where(hidden, MASK_GREY, shown), rebuilt, numpy.where(hidden, rebuilt, shown)]
+    return [_to_rgb_uint8(values) for values in columns]
 
 
 def _reconstruction_arrays(
@@ -442,6 +461,23 @@ def _mask_patch_size(config: FocalNetConfig, input_size: tuple[int, int]) -> int
     return config.patch_size_2d[0]
 
 
+def seeded_mask(
+    config: FocalNetConfig,
+    input_size: tuple[int, int],
+    mask_ratio: float = 0.6,
+    mask_patch_size: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """A `MaskGenerator` mask (True = hidden, on the stem's patch grid) for one `input_size` image,
+    drawn from `seed` alone. `mask_patch_size` None: see `visualize_images`."""
+    patch_h, patch_w = config.patch_size_2d
+    if patch_h != patch_w:
+        raise ValueError(f"masks need a square patch size, the model has {config.patch_size}")
+    cell = _mask_patch_size(config, input_size) if mask_patch_size is None else mask_patch_size
+    generator = MaskGenerator(input_size, mask_patch_size=cell, model_patch_size=patch_h, mask_ratio=mask_ratio)
+    return generator(torch.Generator().manual_seed(seed))
+
+
 def reconstruct(
     model: FocalNetForMaskedImageModeling,
     pixel_values: torch.Tensor,
@@ -449,19 +485,13 @@ def reconstruct(
     mask_patch_size: int | None = None,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask `pixel_values` with a seeded `MaskGenerator` (one mask for the batch), run the model in eval mode.
+    """Mask `pixel_values` with `seeded_mask` (one mask for the batch), run the model in eval mode.
 
     Returns the reconstruction and the (B, 1, H, W) float pixel mask (1 where hidden), ready for
-    `reconstruction_grid`. `mask_patch_size` None: see `visualize_images`.
+    `reconstruction_grid`.
     """
-    config = model.config
-    patch_h, patch_w = config.patch_size_2d
-    if patch_h != patch_w:
-        raise ValueError(f"masks need a square patch size, the model has {config.patch_size}")
     batch, _, height, width = pixel_values.shape
-    cell = _mask_patch_size(config, (height, width)) if mask_patch_size is None else mask_patch_size
-    generator = MaskGenerator((height, width), mask_patch_size=cell, model_patch_size=patch_h, mask_ratio=mask_ratio)
-    mask = generator(torch.Generator().manual_seed(seed)).expand(batch, -1, -1)
+    mask = seeded_mask(model.config, (height, width), mask_ratio, mask_patch_size, seed).expand(batch, -1, -1)
     with _inference(model):
         reconstruction = model(pixel_values, bool_masked_pos=mask.to(pixel_values.device)).reconstruction
     return reconstruction, model.pixel_mask(mask, height, width).to(reconstruction.device)

@@ -6,7 +6,7 @@ Drawing uses torchvision's `draw_bounding_boxes` and `draw_segmentation_masks`.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,27 +64,44 @@ class DetectionPredictor:
     ) -> DetectionPredictor:
         return cls(from_pretrained(source, device=device), score_threshold)
 
-    def predict(
-        self, paths: Sequence[str], output_dir: str | os.PathLike | None = None
-    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-        """Detections above the threshold per readable image (and, with `output_dir`, a PNG of each:
-        `<stem>.png`, `<stem>-1.png` for a repeated stem), and (path, reason) for each unreadable image."""
+    def detect(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Every detection (on the CPU) of each uint8 (3, H, W) image, the images run as one batch:
+        torchvision pads them to the largest, so give images of one size for answers that do not
+        depend on the batch."""
         functional, _, _ = _utils()
         device = next(self.model.parameters()).device
+        inputs = [functional.to_dtype(image, torch.float32, scale=True).to(device) for image in images]
+        with torch.inference_mode():
+            outputs = self.model(inputs)
+        return [{key: value.cpu() for key, value in output.items()} for output in outputs]
+
+    @staticmethod
+    def above(detections: dict[str, torch.Tensor], threshold: float) -> dict[str, torch.Tensor]:
+        """The detections scoring at least `threshold`."""
+        keep = detections["scores"] >= threshold
+        return {key: value[keep] for key, value in detections.items()}
+
+    def predict(
+        self,
+        paths: Sequence[str],
+        output_dir: str | os.PathLike | None = None,
+        progress: Callable[[Iterable, str, int], Iterable] | None = None,
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """Detections above the threshold per readable image (and, with `output_dir`, a PNG of each:
+        `<stem>.png`, `<stem>-1.png` for a repeated stem), and (path, reason) for each unreadable image.
+        `progress` may wrap the paths (as `progress(paths, description, total)`, e.g. `focalnet.cli.progress`)."""
+        functional, _, _ = _utils()
         names = self.config.label_names
         to_category = self.config.label_to_category
         results, failures = [], []
         used: set[str] = set()
-        for path in paths:
+        for path in progress(paths, "detecting", len(paths)) if progress is not None else paths:
             try:
                 image = functional.pil_to_tensor(load_image(path))
             except (OSError, ValueError) as error:
                 failures.append((path, str(error)))
                 continue
-            with torch.inference_mode():
-                output = self.model([functional.to_dtype(image, torch.float32, scale=True).to(device)])[0]
-            keep = output["scores"] >= self.score_threshold
-            detections = {key: value[keep].cpu() for key, value in output.items()}
+            detections = self.above(self.detect([image])[0], self.score_threshold)
             result: dict[str, Any] = {"path": path, "detections": _describe(detections, names, to_category)}
             if output_dir is not None:
                 target = Path(output_dir) / f"{unique_stem(Path(path).stem, used)}.png"
@@ -98,8 +115,8 @@ def _describe(detections: dict[str, torch.Tensor], names: dict[int, str], to_cat
         {
             "label": names.get(label, str(label)),
             "category_id": to_category[label],
-            "score": round(score, 4),
-            "box": [round(v, 2) for v in box],
+            "score": score,
+            "box": box,
         }
         for label, score, box in zip(
             detections["labels"].tolist(), detections["scores"].tolist(), detections["boxes"].tolist(), strict=True

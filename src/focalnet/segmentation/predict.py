@@ -59,11 +59,11 @@ def _check_labels(labels: torch.Tensor) -> torch.Tensor:
     return labels.detach().cpu().long()
 
 
-def save_label_map(labels: torch.Tensor, path: str | os.PathLike, num_labels: int) -> Path:
-    """Write `labels` (H, W) as a PNG whose pixel values are the labels, atomically; returns the path.
+def label_map_image(labels: torch.Tensor, num_labels: int) -> Image.Image:
+    """`labels` (H, W) as an image whose pixel values are the labels.
 
-    Up to 256 labels: a palette ("P") PNG with `palette(256)` embedded, so viewers show colours
-    and `np.array(Image.open(path))` gives the labels. More: a 16-bit greyscale ("I;16") PNG.
+    Up to 256 labels: a palette ("P") image with `palette(256)` embedded, so viewers show colours
+    and `np.array(image)` gives the labels. More: a 16-bit greyscale ("I;16") image.
     """
     numpy, image_module, _, _ = _vision()
     labels = _check_labels(labels)
@@ -72,11 +72,16 @@ def save_label_map(labels: torch.Tensor, path: str | os.PathLike, num_labels: in
         raise ValueError(
             f"labels must be in 0..{limit} for {num_labels} labels, got {labels.min().item()}..{labels.max().item()}"
         )
-    if num_labels <= MAX_PALETTE_LABELS:
-        image = image_module.fromarray(labels.numpy().astype(numpy.uint8))
-        image.putpalette([value for colour in palette(MAX_PALETTE_LABELS) for value in colour])
-    else:
-        image = image_module.fromarray(labels.numpy().astype(numpy.uint16))
+    if num_labels > MAX_PALETTE_LABELS:
+        return image_module.fromarray(labels.numpy().astype(numpy.uint16))
+    image = image_module.fromarray(labels.numpy().astype(numpy.uint8))
+    image.putpalette([value for colour in palette(MAX_PALETTE_LABELS) for value in colour])
+    return image
+
+
+def save_label_map(labels: torch.Tensor, path: str | os.PathLike, num_labels: int) -> Path:
+    """Write `label_map_image(labels, num_labels)` as a PNG, atomically; returns the path."""
+    image = label_map_image(labels, num_labels)
     path = Path(path)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
