@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -233,11 +235,15 @@ def test_concurrent_requests_are_batched_and_answered_as_alone(classifier_server
         assert np.allclose([a["score"] for a in single], [b["score"] for b in batched], atol=1e-5, rtol=0)
 
 
+def metric(url: str, name: str) -> float:
+    """The value of a metric (with its labels, as /metrics writes them) in the server's /metrics; 0 if absent."""
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    return next((float(line.split()[1]) for line in lines if line.split()[0] == name), 0.0)
+
+
 def batch_histogram(url: str) -> dict[str, float]:
     """The count and sum of the batch-size histogram (batches, and images in them)."""
-    lines = httpx.get(f"{url}/metrics").text.splitlines()
-    value = {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith("focalnet_batch_size_")}
-    return {"count": value["focalnet_batch_size_count"], "sum": value["focalnet_batch_size_sum"]}
+    return {key: metric(url, f"focalnet_batch_size_{key}") for key in ("count", "sum")}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -395,14 +401,14 @@ def test_a_failing_batch_fails_only_its_own_requests(models, tmp_path) -> None:
 
 
 def test_a_full_queue_answers_503_and_a_long_wait_504(models, tmp_path) -> None:
-    options = {"delay": 1.0, "max_batch_size": 1, "max_queue": 2, "timeout_s": 0.4}
+    options = {"delay": 2.0, "max_batch_size": 1, "max_queue": 2, "timeout_s": 1.0}
     server = scripted_server(models, tmp_path, **options).wait_ready()
     try:
         barrier = threading.Barrier(6)
 
         def client(index: int) -> httpx.Response:
             barrier.wait()
-            time.sleep(0.05 * index)  # in order: the first runs, two wait, the rest find the queue full
+            time.sleep(0.1 * index)  # in order: the first runs (2 s), two wait (and time out), the rest find it full
             return post_image(server.url, PHOTOS[0].read_bytes())
 
         with ThreadPoolExecutor(6) as pool:
@@ -422,8 +428,18 @@ def test_sigterm_drains_every_accepted_request_then_exits_0(models, tmp_path) ->
     server = scripted_server(models, tmp_path, delay=0.25, max_batch_size=4).wait_ready()
     images = distinct_images(16)
     with ThreadPoolExecutor(17) as pool:
+        answered = metric(server.url, 'focalnet_requests_total{route="/predict",status="200"}')
         answers = [pool.submit(post_image, server.url, data) for data in images]
-        time.sleep(0.3)  # all 16 accepted: the first batch runs, the others wait
+        deadline = time.monotonic() + 30
+        while (  # until all 16 are accepted: in flight, or answered already
+            metric(server.url, "focalnet_requests_in_flight")
+            + metric(server.url, 'focalnet_requests_total{route="/predict",status="200"}')
+            - answered
+            < 16
+        ):
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.01)
+        assert metric(server.url, "focalnet_requests_in_flight") > 0, "nothing left in flight to drain"
         server.process.send_signal(signal.SIGTERM)
         probes = []
         while server.process.poll() is None:
@@ -463,3 +479,26 @@ def test_api_key_and_cors(models, classifier_server, tmp_path) -> None:
         assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == origin["origin"]
     finally:
         assert server.stop() == 0, server.output()
+
+
+def test_ray_serve_replicas_answer_as_the_single_process(models, classifier_server, tmp_path) -> None:
+    """`focalnet serve --ray --replicas 2` on a local Ray (this machine's 2 CPUs): the same routes and answers."""
+    pytest.importorskip("ray.serve")
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must stay under 108 bytes
+    command = serve_command(models["classifier"], "--ray", "--replicas", "2")
+    server = Server(command, tmp_path / "ray.log", env={"RAY_TMPDIR": str(ray_dir)})
+    try:
+        server.wait_ready(timeout=240)
+        images = distinct_images(8)
+        with ThreadPoolExecutor(8) as pool:
+            on_ray = list(pool.map(lambda data: post_image(server.url, data), images))
+        for data, answer in zip(images, on_ray, strict=True):
+            expected = post_image(classifier_server.url, data).json()
+            assert answer.status_code == 200, answer.text
+            assert [a["label"] for a in answer.json()] == [e["label"] for e in expected]
+            assert np.allclose([a["score"] for a in answer.json()], [e["score"] for e in expected], atol=1e-5)
+        assert httpx.get(f"{server.url}/model").json()["task"] == "image-classification"
+        assert post_image(server.url, b"broken").json()["error"]["code"] == "not_an_image"
+    finally:
+        assert server.stop(timeout=120) == 0, server.output()
+        shutil.rmtree(ray_dir, ignore_errors=True)

@@ -47,7 +47,8 @@ logger = logging.getLogger("focalnet.serving")
 
 PUBLIC_PATHS = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"})
 """Open without the API key, and answered while draining (probes must see the drain)."""
-ROUTES = ("/predict", "/visualize", "/model", "/metrics", "/v2", "/openapi.json", "/docs", *PUBLIC_PATHS)
+MODEL_ROUTES = ("/predict", "/visualize")
+ROUTES = (*MODEL_ROUTES, "/model", "/metrics", "/v2", "/openapi.json", "/docs", *PUBLIC_PATHS)
 RETRY_AFTER_S = "1"
 WARM_UP_SIZE = 256
 
@@ -203,6 +204,11 @@ def build_app(
         problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in error.errors())
         return error_response(ServingError(422, "invalid_parameter", problems))
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("focalnet serve: %s %s failed", request.method, request.url.path)
+        return error_response(ServingError(500, "internal_error", f"{type(error).__name__}: {error}"))
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
@@ -246,7 +252,10 @@ def build_app(
         prepared, params, as_list = await prepared_images(request, query)
         service, runner = state.require_ready()
         outputs = await _run(runner, prepared)
-        answers = [service.answer(output, item, params) for output, item in zip(outputs, prepared, strict=True)]
+        loop = asyncio.get_running_loop()  # answers encode PNGs (masks): off the event loop too
+        pairs = zip(outputs, prepared, strict=True)
+        jobs = [loop.run_in_executor(decoders, service.answer, output, item, params) for output, item in pairs]
+        answers = await asyncio.gather(*jobs)
         metrics.images.inc(len(answers))
         return JSONResponse(answers if as_list else answers[0])
 
@@ -429,11 +438,16 @@ class Guard:
                 self.metrics.errors.labels(refusal.code).inc()
                 await _send_error(refusal, send_and_watch)
                 return
+            model_work = route in MODEL_ROUTES
             self.state.inflight += 1
+            if model_work:
+                self.metrics.in_flight.inc()
             try:
                 await self.app(scope, self._counted(receive), send_and_watch)
             finally:
                 self.state.inflight -= 1
+                if model_work:
+                    self.metrics.in_flight.dec()
         finally:
             self.metrics.requests.labels(route, str(status[0])).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)

@@ -12,7 +12,8 @@ def _prometheus():
 
 
 class ServingMetrics:
-    """Requests by route and status, latency, batch sizes and times, queue depth, images, errors by kind."""
+    """Requests by route and status, latency, requests in flight, batch sizes and times, queue depth,
+    images, errors by kind."""
 
     def __init__(self) -> None:
         prometheus = _prometheus()
@@ -35,6 +36,9 @@ class ServingMetrics:
             "focalnet_batch_duration_seconds", "Time the model took per batch", registry=registry
         )
         self.queue_depth = prometheus.Gauge("focalnet_queue_depth", "Images waiting for the model", registry=registry)
+        self.in_flight = prometheus.Gauge(
+            "focalnet_requests_in_flight", "Requests to /predict and /visualize being answered", registry=registry
+        )
         self.images = prometheus.Counter("focalnet_images", "Images answered", registry=registry)
         self.errors = prometheus.Counter("focalnet_errors", "Error answers by kind", ["kind"], registry=registry)
 

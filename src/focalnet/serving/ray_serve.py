@@ -81,6 +81,8 @@ def ray_deployment(
                 lambda: self.service, settings, name, lambda service, metrics: RayRunner(self.forward, self.executor)
             )
 
+    # Ray's default of 5 requests per replica would cap every batch at 5
+    max_ongoing_requests = max_ongoing_requests or max(5, 2 * settings.max_batch_size)
     deployment_options: dict[str, Any] = {"name": "focalnet"}
     for key, value in {
         "num_replicas": num_replicas,
