@@ -40,19 +40,24 @@ class Server:
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=environment)
 
     def wait_ready(self, timeout: float = 90) -> Server:
+        """Until /health/ready says 200; a server that exits or stays unready fails the test (and is stopped)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the server exited ({self.process.returncode}):\n{self.output()}"
+            if self.process.poll() is not None:
+                self.stop()
+                raise AssertionError(f"the server exited ({self.process.returncode}):\n{self.output()}")
             try:
                 if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
+        self.stop()
         raise AssertionError(f"not ready after {timeout} s:\n{self.output()}")
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text()
 
     def stop(self, timeout: float = 60) -> int:

@@ -427,31 +427,33 @@ def test_a_full_queue_answers_503_and_a_long_wait_504(models, tmp_path) -> None:
 def test_sigterm_drains_every_accepted_request_then_exits_0(models, tmp_path) -> None:
     server = scripted_server(models, tmp_path, delay=0.25, max_batch_size=4).wait_ready()
     images = distinct_images(16)
-    with ThreadPoolExecutor(17) as pool:
-        answered = metric(server.url, 'focalnet_requests_total{route="/predict",status="200"}')
-        answers = [pool.submit(post_image, server.url, data) for data in images]
-        deadline = time.monotonic() + 30
-        while (  # until all 16 are accepted: in flight, or answered already
-            metric(server.url, "focalnet_requests_in_flight")
-            + metric(server.url, 'focalnet_requests_total{route="/predict",status="200"}')
-            - answered
-            < 16
-        ):
-            assert time.monotonic() < deadline, server.output()
-            time.sleep(0.01)
-        assert metric(server.url, "focalnet_requests_in_flight") > 0, "nothing left in flight to drain"
-        server.process.send_signal(signal.SIGTERM)
-        probes = []
-        while server.process.poll() is None:
-            try:
-                probes.append(httpx.get(f"{server.url}/health/ready", timeout=1).status_code)
-                if len(probes) == 1:
-                    refused = post_image(server.url, images[0])
-            except httpx.TransportError:
-                break
-            time.sleep(0.02)
-        results = [answer.result() for answer in answers]
-    assert server.stop() == 0, server.output()
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            answered = metric(server.url, 'focalnet_requests_total{route="/predict",status="200"}')
+            answers = [pool.submit(post_image, server.url, data) for data in images]
+            deadline = time.monotonic() + 30
+            while (  # until all 16 are accepted: in flight, or answered already
+                metric(server.url, "focalnet_requests_in_flight")
+                + metric(server.url, 'focalnet_requests_total{route="/predict",status="200"}')
+                - answered
+                < 16
+            ):
+                assert time.monotonic() < deadline, server.output()
+                time.sleep(0.01)
+            assert metric(server.url, "focalnet_requests_in_flight") > 0, "nothing left in flight to drain"
+            server.process.send_signal(signal.SIGTERM)
+            probes, refused = [], None
+            while server.process.poll() is None:
+                try:
+                    probes.append(httpx.get(f"{server.url}/health/ready", timeout=1).status_code)
+                    refused = refused or post_image(server.url, images[0])
+                except httpx.TransportError:
+                    break
+                time.sleep(0.02)
+            results = [answer.result() for answer in answers]
+    finally:
+        status = server.stop()
+    assert status == 0, server.output()
     assert [r.status_code for r in results] == [200] * 16, [r.text for r in results]
     assert probes and set(probes) == {503}, probes
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
