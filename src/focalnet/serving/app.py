@@ -23,12 +23,14 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from importlib import resources
 from typing import Annotated, Any, Protocol
 
 try:
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
     from PIL import Image
     from starlette.exceptions import HTTPException
 except ImportError:
@@ -45,10 +47,12 @@ from .uploads import split_body
 
 logger = logging.getLogger("focalnet.serving")
 
-PUBLIC_PATHS = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"})
-"""Open without the API key, and answered while draining (probes must see the drain)."""
+PUBLIC_PATHS = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", "/"})
+"""Open without the API key, and answered while draining (probes must see the drain); so is
+`/static/`, the page's script and style (the page asks for the key itself)."""
+STATIC = "/static/"
 MODEL_ROUTES = ("/predict", "/visualize")
-ROUTES = (*MODEL_ROUTES, "/model", "/metrics", "/v2", "/openapi.json", "/docs", *PUBLIC_PATHS)
+ROUTES = (*MODEL_ROUTES, "/", "/model", "/metrics", "/v2", "/openapi.json", "/docs", *PUBLIC_PATHS)
 RETRY_AFTER_S = "1"
 WARM_UP_SIZE = 256
 
@@ -345,6 +349,15 @@ def build_app(
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
+    # -- the page: images in, answers shown -----------------------------------------------------
+    page = resources.files(__package__) / "static"
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse((page / "index.html").read_text(encoding="utf-8"))
+
+    app.mount(STATIC, StaticFiles(directory=str(page)), name="static")
+
     app.add_middleware(Guard, state=state, settings=settings, metrics=metrics)
     if settings.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
@@ -405,7 +418,13 @@ def _route_label(path: str) -> str:
         return path
     if path.startswith("/v2/models/"):
         return "/v2/models/{name}/ready" if path.endswith("/ready") else "/v2/models/{name}"
+    if path.startswith(STATIC):
+        return STATIC + "{file}"
     return "unmatched"
+
+
+def _is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(STATIC)
 
 
 class Guard:
@@ -430,7 +449,7 @@ class Guard:
             await send(message)
 
         try:
-            if scope["path"] in PUBLIC_PATHS:
+            if _is_public(scope["path"]):
                 await self.app(scope, receive, send_and_watch)
                 return
             refusal = self._refusal(scope)

@@ -162,11 +162,15 @@ class ClassificationService(Service):
         return buffer.getvalue()
 
     def describe(self) -> dict[str, Any]:
+        from ..visualization import block_title
+
         processor = self.predictor.processor
         size = processor.crop_size if processor.do_center_crop else processor.size
+        depths = self.model.config.depths if self.model is not None else None
         return {
             **super().describe(),
             "model_class": type(self.model).__name__ if self.model is not None else "ONNX file",
+            "blocks": [block_title(i, depths) for i in range(sum(depths))] if depths else None,
             "input_size": list(size) if isinstance(size, (tuple, list)) else [size, size],
             "preprocessing": processor.to_dict(),
         }
