@@ -33,7 +33,7 @@ demo: $(VENV)/.demo-installed
 	$(BIN)/focalnet predict runs/demo/samples --model runs/demo/model --top-k 3
 	$(BIN)/focalnet visualize runs/demo/samples --model runs/demo/model --output-dir runs/demo/visualize --top-k 3
 	@echo "modulator maps of the demo model: runs/demo/visualize/*.png"
-	@echo "serve the model over HTTP (then open http://127.0.0.1:8000/docs): $(BIN)/focalnet serve runs/demo/model"
+	@echo "serve the model over HTTP, then open http://127.0.0.1:8000 in a browser: $(BIN)/focalnet serve runs/demo/model"
 
 # Detection: synthetic shapes in COCO layout, a small Mask R-CNN on FocalNet from scratch, COCO mAP
 # (pycocotools), and drawings of its detections on held-out images.
