@@ -101,6 +101,11 @@ def _worker_main(*arguments: Any) -> None:
 def _run_worker(source: Any, host: str, port: int, log_level: str, listener: Any, options: dict) -> int:
     """One server process; `listener` is the parent's socket when there are several."""
     uvicorn = _uvicorn()
+    if not logger.handlers:  # our lines (ready, draining, load failures) beside uvicorn's
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(log_level.upper())
     app = create_app(source, **options)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
     # a request waits at most timeout_s for the model, then runs one batch: twice that is ample
