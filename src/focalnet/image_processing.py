@@ -31,13 +31,14 @@ normalisation in float32, as in transformers.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
@@ -97,14 +98,24 @@ def image_files(root: Path) -> list[Path]:
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open an image file as an RGB PIL image (EXIF orientation applied, see `to_rgb_image`)."""
+    return _open_rgb(path, path)
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Encoded image bytes (a dataset row, a member of a tar shard) as an RGB PIL image, exactly as
+    `load_image` reads a file holding them; `name` says where they came from in errors."""
+    return _open_rgb(io.BytesIO(data), name)
+
+
+def _open_rgb(source: str | os.PathLike[str] | IO[bytes], name: str | os.PathLike[str]) -> Image.Image:
     image_module, _, _ = _vision()
     try:
-        with image_module.open(path) as image:
+        with image_module.open(source) as image:
             image.load()
     except FileNotFoundError:
-        raise FileNotFoundError(f"no image file at {path}") from None
+        raise FileNotFoundError(f"no image file at {name}") from None
     except (OSError, SyntaxError, ValueError, image_module.DecompressionBombError) as err:
-        raise ValueError(f"cannot read {path} as an image ({err})") from None
+        raise ValueError(f"cannot read {name} as an image ({err})") from None
     return to_rgb_image(image)
 
 

@@ -10,7 +10,6 @@ uninterrupted runs, see identical batches.
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import re
 import warnings
@@ -72,9 +71,22 @@ def image_folder(root: str | Path) -> LabelledImages:
     return _from_files(files, classes)
 
 
+@dataclass(frozen=True)
+class ImageFile:
+    """Loads an image file (picklable); `encoded` gives its bytes as stored (for writing shards)."""
+
+    path: Path
+
+    def __call__(self) -> Any:
+        return load_image(self.path)
+
+    def encoded(self) -> bytes:
+        return self.path.read_bytes()
+
+
 def _from_files(files: Sequence[tuple[Path, int]], classes: list[str]) -> LabelledImages:
     return LabelledImages(
-        [functools.partial(load_image, path) for path, _ in files],
+        [ImageFile(Path(path)) for path, _ in files],
         [label for _, label in files],
         classes,
         [str(path) for path, _ in files],
@@ -140,8 +152,7 @@ def image_list(path: str | Path, classes: Sequence[str] | None = None, labelled:
         raise ValueError(f"{path}: rows without a label, e.g. {unlabelled[0]!r}; give every row `path,label`")
     raw = [str(row[1]).strip() for row in rows]
     if classes is None:
-        numeric = all(re.fullmatch(r"\d+", label) for label in raw)
-        classes = [str(i) for i in range(max(map(int, raw)) + 1)] if numeric else sorted(set(raw))
+        classes = class_names_of(raw)
     index = {name: i for i, name in enumerate(classes)}
     labels = []
     for label in raw:
@@ -150,6 +161,14 @@ def image_list(path: str | Path, classes: Sequence[str] | None = None, labelled:
         labels.append(index[label])
     files = [(path.parent / row[0], label) for row, label in zip(rows, labels, strict=True)]
     return _from_files(files, list(classes))
+
+
+def class_names_of(labels: Sequence[Any]) -> list[str]:
+    """Class names for raw labels: "0".."max" when all are whole numbers, else the sorted distinct names."""
+    text = [str(label).strip() for label in labels]
+    if text and all(re.fullmatch(r"\d+", label) for label in text):
+        return [str(i) for i in range(max(map(int, text)) + 1)]
+    return sorted(set(text))
 
 
 def digits(split: str, val_fraction: float = 0.2, split_seed: int = 0) -> LabelledImages:
