@@ -309,7 +309,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 TRAIN_OPTIONS = ("task", "data", "train_list", "val_list", "model", "init_from", "output_dir", "epochs")
 TRAIN_OPTIONS += ("batch_size", "lr", "device", "amp", "workers", "seed", "mask_patch_size", "mask_ratio")
 TRAIN_OPTIONS += ("train_annotations", "train_images", "val_annotations", "val_images", "detector", "min_size")
-TRAIN_OPTIONS += ("max_size",)
+TRAIN_OPTIONS += ("max_size", "val_data", "data_revision", "train_split", "val_split", "image_column", "label_column")
+TRAIN_OPTIONS += ("streaming", "train_samples")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -508,11 +509,30 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=positive_int, help="segmentation: tile step (default 2/3 of --window)")
 
 
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a Hugging Face dataset is read; each is also a config key."""
+    parser.add_argument("--data-revision", help="Hugging Face hub: the dataset's revision, e.g. refs/convert/parquet")
+    parser.add_argument("--train-split", help="Hugging Face datasets: the split to train on (default train)")
+    parser.add_argument("--val-split", help="Hugging Face datasets: validation split (default validation or val)")
+    parser.add_argument("--image-column", help="Hugging Face datasets: image column (default image); shards: key")
+    parser.add_argument("--label-column", help="Hugging Face datasets: label (or label-map) column")
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `train` and `pretrain` share; each is also a config key (see TrainConfig)."""
     parser.add_argument("--config", help="YAML file of training settings (see configs/)")
     parser.add_argument("--recipe", help=f"starting recipe: {', '.join(RECIPES)} (default: the task's)")
-    parser.add_argument("--data", help="'digits' or a directory (class folders; any images for pretraining)")
+    parser.add_argument(
+        "--data",
+        help="'digits', a directory (class folders, COCO or ADE20K layout, any images for pretraining, a "
+        "save_to_disk dataset or parquet files), hf:ID[:CONFIG] (Hugging Face hub) or wds:PATTERN (shards)",
+    )
+    parser.add_argument("--val-data", help="validation data elsewhere: wds:PATTERN or any source --data takes")
+    add_source_arguments(parser)
+    parser.add_argument(
+        "--streaming", action="store_true", default=None, help="stream the Hugging Face dataset (as shards are)"
+    )
+    parser.add_argument("--train-samples", type=positive_int, help="streamed data: samples per epoch")
     parser.add_argument("--train-list", help="CSV/JSON list of (path, label) for training")
     parser.add_argument("--val-list", help="CSV/JSON list of (path, label) for validation")
     parser.add_argument("--model", help="preset name, or a checkpoint to start from")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from ..image_processing import IMAGE_SUFFIXES, FocalNetImageProcessor, image_files, load_image
 from .config import TrainConfig
@@ -361,6 +361,11 @@ class ShardedSampler(Sampler[tuple[int, int]]):
         return self.size // self.batch_size
 
     @property
+    def layout(self) -> None:
+        """What a mid-epoch position depends on: nothing (the order is the same for any number of processes)."""
+        return None
+
+    @property
     def local_batch_size(self) -> int:
         return self.batch_size // self.world if self.shuffle else self.batch_size
 
@@ -384,14 +389,15 @@ class ShardedSampler(Sampler[tuple[int, int]]):
 
 def sample_loader(
     dataset: Dataset,
-    sampler: ShardedSampler,
+    sampler: ShardedSampler | None,
     batch_size: int,
     workers: int = 0,
     pin_memory: bool = False,
     collate_fn: Callable[[list], tuple[Any, Any, int]] = collate,
 ) -> DataLoader:
     """Batches of (inputs, targets, unreadable count); the loader has its own generator, so creating
-    an iterator draws nothing from the global RNG (which resumed runs restore exactly)."""
+    an iterator draws nothing from the global RNG (which resumed runs restore exactly). Streams
+    (iterable datasets) need no sampler."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -403,6 +409,27 @@ def sample_loader(
     )
 
 
+def training_loader(
+    dataset: Dataset,
+    batch_size: int,
+    micro_batch: int,
+    rank: int = 0,
+    world: int = 1,
+    seed: int = 0,
+    workers: int = 0,
+    pin_memory: bool = False,
+    collate_fn: Callable[[list], tuple[Any, Any, int]] = collate,
+    shuffle_buffer: int = 0,
+) -> tuple[Any, DataLoader]:
+    """One process's training micro-batches, and what plans the epochs (`set_epoch`, `batches_per_epoch`,
+    `layout`): the index-and-seed `ShardedSampler`, or a stream (`StreamedSamples`) itself."""
+    if isinstance(dataset, IterableDataset):
+        plan = dataset.for_training(batch_size, micro_batch, rank, world, workers, seed, shuffle_buffer)
+        return plan, sample_loader(dataset, None, micro_batch, workers, pin_memory, collate_fn)
+    sampler = ShardedSampler(len(dataset), batch_size, rank, world, seed=seed)
+    return sampler, sample_loader(dataset, sampler, micro_batch, workers, pin_memory, collate_fn)
+
+
 def evaluation_loader(
     dataset: Dataset,
     batch_size: int,
@@ -412,9 +439,19 @@ def evaluation_loader(
     pin_memory: bool = False,
     collate_fn: Callable[[list], tuple[Any, Any, int]] = collate,
 ) -> DataLoader:
-    """Every world-th sample of `dataset` (from `rank`), in order, each seeded by its index."""
+    """Every world-th sample of `dataset` (from `rank`), in order, each seeded by its index; a stream
+    gives every sample once over the processes and their workers."""
+    if isinstance(dataset, IterableDataset):
+        return sample_loader(dataset.for_evaluation(rank, world), None, batch_size, workers, pin_memory, collate_fn)
     sampler = ShardedSampler(len(dataset), 1, rank, world, shuffle=False)
     return sample_loader(dataset, sampler, batch_size, workers, pin_memory, collate_fn)
+
+
+def first_samples(dataset: Dataset, count: int) -> list[Any]:
+    """The first `count` evaluation samples of a dataset or a stream, seeded as evaluation seeds them."""
+    if isinstance(dataset, IterableDataset):
+        return dataset.head(count)
+    return [dataset[(index, index)] for index in range(min(count, len(dataset)))]
 
 
 def export_digits(directory: str | Path, count: int = 8, split: str = "val") -> list[Path]:
