@@ -457,6 +457,26 @@ def evaluate_detections(args: argparse.Namespace, task: str) -> int:
     return 0
 
 
+def cmd_make_shards(args: argparse.Namespace) -> int:
+    from .training import load_config
+    from .training.shards import make_shards
+
+    source = Path(args.source)
+    listed = source.is_file() and source.suffix.lower() in (".csv", ".json")
+    overrides = {"task": args.task, "train_list" if listed else "data": args.source}
+    overrides.update({name: getattr(args, name) for name in SHARD_OPTIONS if getattr(args, name) is not None})
+    overrides.update(parse_overrides(args.set))
+    info = make_shards(load_config(overrides=overrides), args.output, args.shard_size)
+    for split, entry in info["splits"].items():
+        last = max(len(entry["filenames"]) - 1, 0)
+        pattern = f"{args.output}/{split}-{{000000..{last:06d}}}.tar"
+        print(f"{split}: {entry['num_samples']} samples in {len(entry['filenames'])} shards ({pattern})")
+        if entry["skipped"]:
+            print(f"  {entry['skipped']} unreadable samples left out", file=sys.stderr)
+    print(f"wrote {Path(args.output) / '_info.json'}")
+    return 0
+
+
 def cmd_make_shapes(args: argparse.Namespace) -> int:
     from .detection.synthetic import make_shapes_dataset
 
@@ -509,8 +529,11 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=positive_int, help="segmentation: tile step (default 2/3 of --window)")
 
 
+SHARD_OPTIONS = ("val_list", "data_revision", "train_split", "val_split", "image_column", "label_column")
+
+
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """How a Hugging Face dataset is read; each is also a config key."""
+    """How a Hugging Face dataset is read (`train` and `make-shards`); each is also a config key."""
     parser.add_argument("--data-revision", help="Hugging Face hub: the dataset's revision, e.g. refs/convert/parquet")
     parser.add_argument("--train-split", help="Hugging Face datasets: the split to train on (default train)")
     parser.add_argument("--val-split", help="Hugging Face datasets: validation split (default validation or val)")
@@ -666,6 +689,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--layout", choices=["coco", "ade20k"], default="coco", help="COCO or ADE20K files (default: %(default)s)"
     )
     shapes.set_defaults(handler=cmd_make_shapes)
+
+    shards = commands.add_parser(
+        "make-shards", help="write training data (folders, lists, COCO, ADE20K, Hugging Face) as WebDataset shards"
+    )
+    shards.add_argument("source", help="what --data takes (a directory, hf:ID, digits), or a CSV/JSON list")
+    shards.add_argument("output", help="directory for <split>-000000.tar, ... and _info.json")
+    shards.add_argument("--task", choices=list(TASKS), default="classification", help="how to read the source")
+    shards.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
+    shards.add_argument("--val-list", help="lists: the CSV/JSON list of the validation images")
+    add_source_arguments(shards)
+    shards.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting")
+    shards.set_defaults(handler=cmd_make_shards)
 
     onnx = commands.add_parser("export", help="write a model as an ONNX file and check it with onnxruntime")
     onnx.add_argument("source", help="directory, weights file, registry name or hub id (a saved UperNet too)")
