@@ -10,6 +10,7 @@ unreadable image file.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Mapping
@@ -171,12 +172,16 @@ class LabelledRows:
     label: str | None
     classes: list[str]
 
+    @functools.cached_property
+    def index_of(self) -> dict[str, int]:
+        return {name: index for index, name in enumerate(self.classes)}
+
     def __call__(self, row: Mapping[str, Any], name: str) -> LabelledImages:
         loader: Any = RowImage((row,), 0, self.image, name)
         label = 0
         if self.label is not None:
             try:
-                label = label_index(row.get(self.label), {c: i for i, c in enumerate(self.classes)}, name)
+                label = label_index(row.get(self.label), self.index_of, name)
             except ValueError as error:
                 loader = Unreadable(str(error))
         return LabelledImages([loader], [label], self.classes, [name])
