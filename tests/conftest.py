@@ -32,6 +32,32 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def hf_offline(tmp_path_factory: pytest.TempPathFactory):
+    """Hugging Face `datasets` for a module's tests: its cache in a temporary folder (in this process and in
+    the runs the tests start), the hub offline, no progress bars."""
+    datasets = pytest.importorskip("datasets")
+    from focalnet.training.hf import load_splits
+
+    cache = tmp_path_factory.mktemp("hf-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HF_DATASETS_CACHE", str(cache))
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    patch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    patch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    datasets.disable_progress_bars()
+    yield
+    load_splits.cache_clear()
+    datasets.enable_progress_bars()
+    patch.undo()
+
+
+@pytest.fixture
+def no_curves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs draw no curves.png (half a second a run, for tests that read metrics.jsonl)."""
+    monkeypatch.setattr("focalnet.training.plots.plot_curves", lambda *args: None)
+
+
 @pytest.fixture
 def fuse_tiny_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Send even the tests' tiny blocks through the fused CPU path (by default only blocks with

@@ -305,7 +305,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 TRAIN_OPTIONS = ("task", "data", "train_list", "val_list", "model", "init_from", "output_dir", "epochs")
 TRAIN_OPTIONS += ("batch_size", "lr", "device", "amp", "workers", "seed", "mask_patch_size", "mask_ratio")
 TRAIN_OPTIONS += ("train_annotations", "train_images", "val_annotations", "val_images", "detector", "min_size")
-TRAIN_OPTIONS += ("max_size",)
+TRAIN_OPTIONS += ("max_size", "val_data", "data_revision", "train_split", "val_split", "image_column", "label_column")
+TRAIN_OPTIONS += ("streaming", "train_samples")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -452,6 +453,26 @@ def evaluate_detections(args: argparse.Namespace, task: str) -> int:
     return 0
 
 
+def cmd_make_shards(args: argparse.Namespace) -> int:
+    from .training import load_config
+    from .training.shards import make_shards
+
+    source = Path(args.source)
+    listed = source.is_file() and source.suffix.lower() in (".csv", ".json")
+    overrides = {"task": args.task, "train_list" if listed else "data": args.source}
+    overrides.update({name: getattr(args, name) for name in SHARD_OPTIONS if getattr(args, name) is not None})
+    overrides.update(parse_overrides(args.set))
+    info = make_shards(load_config(overrides=overrides), args.output, args.shard_size)
+    for split, entry in info["splits"].items():
+        last = max(len(entry["filenames"]) - 1, 0)
+        pattern = f"{args.output}/{split}-{{000000..{last:06d}}}.tar"
+        print(f"{split}: {entry['num_samples']} samples in {len(entry['filenames'])} shards ({pattern})")
+        if entry["skipped"]:
+            print(f"  {entry['skipped']} unreadable samples left out", file=sys.stderr)
+    print(f"wrote {Path(args.output) / '_info.json'}")
+    return 0
+
+
 def cmd_make_shapes(args: argparse.Namespace) -> int:
     from .detection.synthetic import make_shapes_dataset
 
@@ -533,11 +554,33 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=positive_int, help="segmentation: tile step (default 2/3 of --window)")
 
 
+SHARD_OPTIONS = ("val_list", "data_revision", "train_split", "val_split", "image_column", "label_column")
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a Hugging Face dataset is read (`train` and `make-shards`); each is also a config key."""
+    parser.add_argument("--data-revision", help="Hugging Face hub: the dataset's revision, e.g. refs/convert/parquet")
+    parser.add_argument("--train-split", help="Hugging Face datasets: the split to train on (default train)")
+    parser.add_argument("--val-split", help="Hugging Face datasets: validation split (default validation or val)")
+    parser.add_argument("--image-column", help="Hugging Face datasets: image column (default image); shards: key")
+    parser.add_argument("--label-column", help="Hugging Face datasets: label (or label-map) column")
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `train` and `pretrain` share; each is also a config key (see TrainConfig)."""
     parser.add_argument("--config", help="YAML file of training settings (see configs/)")
     parser.add_argument("--recipe", help=f"starting recipe: {', '.join(RECIPES)} (default: the task's)")
-    parser.add_argument("--data", help="'digits' or a directory (class folders; any images for pretraining)")
+    parser.add_argument(
+        "--data",
+        help="'digits', a directory (class folders, COCO or ADE20K layout, any images for pretraining, a "
+        "save_to_disk dataset or parquet files), hf:ID[:CONFIG] (Hugging Face hub) or wds:PATTERN (shards)",
+    )
+    parser.add_argument("--val-data", help="validation data elsewhere: wds:PATTERN or any source --data takes")
+    add_source_arguments(parser)
+    parser.add_argument(
+        "--streaming", action="store_true", default=None, help="stream the Hugging Face dataset (as shards are)"
+    )
+    parser.add_argument("--train-samples", type=positive_int, help="streamed data: samples per epoch")
     parser.add_argument("--train-list", help="CSV/JSON list of (path, label) for training")
     parser.add_argument("--val-list", help="CSV/JSON list of (path, label) for validation")
     parser.add_argument("--model", help="preset name, or a checkpoint to start from")
@@ -671,6 +714,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--layout", choices=["coco", "ade20k"], default="coco", help="COCO or ADE20K files (default: %(default)s)"
     )
     shapes.set_defaults(handler=cmd_make_shapes)
+
+    shards = commands.add_parser(
+        "make-shards", help="write training data (folders, lists, COCO, ADE20K, Hugging Face) as WebDataset shards"
+    )
+    shards.add_argument("source", help="what --data takes (a directory, hf:ID, digits), or a CSV/JSON list")
+    shards.add_argument("output", help="directory for <split>-000000.tar, ... and _info.json")
+    shards.add_argument("--task", choices=list(TASKS), default="classification", help="how to read the source")
+    shards.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
+    shards.add_argument("--val-list", help="lists: the CSV/JSON list of the validation images")
+    add_source_arguments(shards)
+    shards.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting")
+    shards.set_defaults(handler=cmd_make_shards)
 
     onnx = commands.add_parser("export", help="write a model as an ONNX file and check it with onnxruntime")
     onnx.add_argument("source", help="directory, weights file, registry name or hub id (a saved UperNet too)")

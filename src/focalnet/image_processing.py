@@ -38,7 +38,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
@@ -98,49 +98,55 @@ def image_files(root: Path) -> list[Path]:
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open an image file as an RGB PIL image (EXIF orientation applied, see `to_rgb_image`)."""
-    image_module, _, _ = _vision()
-    try:
-        with image_module.open(path) as image:
-            image.load()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no image file at {path}") from None
-    except (OSError, SyntaxError, ValueError, image_module.DecompressionBombError) as err:
-        raise ValueError(f"cannot read {path} as an image ({err})") from None
-    return to_rgb_image(image)
+    return _open_rgb(path, path)
 
 
 class ImageTooLargeError(ValueError):
     """An image whose header declares more pixels than allowed: refused before it is decoded."""
 
 
-def decode_image(data: bytes, formats: Sequence[str] | None = None, max_pixels: int | None = None) -> Image.Image:
-    """Encoded image bytes (an upload, say) as an RGB PIL image, as `load_image` reads a file.
+def decode_image(
+    data: bytes, name: str = "the data", formats: Sequence[str] | None = None, max_pixels: int | None = None
+) -> Image.Image:
+    """Encoded image bytes (an upload, a dataset row, a member of a tar shard) as an RGB PIL image,
+    exactly as `load_image` reads a file holding them; `name` says where they came from in errors.
 
     `formats` is an allow-list of Pillow format names (None: every format Pillow knows); `max_pixels`
     refuses, from the header and before decoding, an image of more pixels (`ImageTooLargeError`).
-    Animated images give their first frame. Anything unreadable is a ValueError saying why.
     """
-    image_module, _, _ = _vision()
     if not data:
-        raise ValueError("no image data (the body or file is empty)")
+        raise ValueError(f"{name} is empty: no image data")
+    return _open_rgb(io.BytesIO(data), name, formats, max_pixels)
+
+
+def _open_rgb(
+    source: str | os.PathLike[str] | IO[bytes],
+    name: str | os.PathLike[str],
+    formats: Sequence[str] | None = None,
+    max_pixels: int | None = None,
+) -> Image.Image:
+    """The first frame of an image, decoded and made RGB; a ValueError naming `name` and the reason otherwise."""
+    image_module, _, _ = _vision()
     try:
-        with image_module.open(io.BytesIO(data), formats=formats) as image:
+        with image_module.open(source, formats=formats) as image:
             if max_pixels is not None and image.width * image.height > max_pixels:
                 raise ImageTooLargeError(
-                    f"the image is {image.width}x{image.height} = {image.width * image.height:,} pixels, more than "
-                    f"the {max_pixels:,} allowed; send a smaller image"
+                    f"{name} is {image.width}x{image.height} = {image.width * image.height:,} pixels, more than the "
+                    f"{max_pixels:,} allowed; send a smaller image"
                 )
             image.load()
             return to_rgb_image(image)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image file at {name}") from None
+    except ImageTooLargeError:
+        raise
+    except image_module.DecompressionBombError as error:
+        raise ImageTooLargeError(f"{name} is too large to decode safely ({error})") from None
     except image_module.UnidentifiedImageError:
         accepted = ", ".join(formats) if formats else "any format Pillow reads"
-        raise ValueError(f"the data is not an image in an accepted format ({accepted})") from None
-    except image_module.DecompressionBombError as error:
-        raise ImageTooLargeError(f"the image is too large to decode safely ({error})") from None
+        raise ValueError(f"cannot read {name} as an image: not an image in an accepted format ({accepted})") from None
     except (OSError, SyntaxError, ValueError) as error:
-        if isinstance(error, ImageTooLargeError):
-            raise
-        raise ValueError(f"the image is damaged or truncated and cannot be decoded ({error})") from None
+        raise ValueError(f"cannot read {name} as an image: it is damaged or truncated ({error})") from None
 
 
 def to_rgb_image(image: ImageInput) -> Image.Image:

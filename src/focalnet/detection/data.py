@@ -80,6 +80,15 @@ class ImageRecord:
     labels: list[int] = field(default_factory=list)
     crowd: list[bool] = field(default_factory=list)
     segmentations: list[Any] = field(default_factory=list)
+    areas: list[float | None] = field(default_factory=list)
+    """Each annotation's `area` as given (None where it has none)."""
+    loader: Callable[[], Any] | None = None
+    """Reads the image where it is not a file of its own (a Hugging Face row, a member of a shard);
+    None: the file at `path`."""
+
+    def load(self) -> Any:
+        """The image as an RGB PIL image; OSError or ValueError when it cannot be read."""
+        return self.loader() if self.loader is not None else load_image(self.path)
 
 
 @dataclass
@@ -92,9 +101,21 @@ class CocoAnnotations:
     clipped: int = 0
     dropped: int = 0
 
+    def __len__(self) -> int:
+        return len(self.images)
+
     @property
     def label_to_category(self) -> list[int]:
         return [0] + [int(c["id"]) for c in self.categories]
+
+    def warn_adjusted(self) -> None:
+        """One warning counting the clipped and the dropped boxes, if any."""
+        if self.clipped or self.dropped:
+            warnings.warn(
+                f"{self.path}: {self.clipped} boxes reaching outside their image were clipped, "
+                f"{self.dropped} boxes without area (after clipping) dropped",
+                stacklevel=3,
+            )
 
 
 class AnnotationError(ValueError):
@@ -112,19 +133,15 @@ def _number_list(value: Any, length: int | None = None) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"annotations file {path} does not exist")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise AnnotationError(f"{path} is not valid JSON: {error}") from None
     except UnicodeDecodeError as error:
         raise AnnotationError(f"{path} is not UTF-8 text: {error}") from None
-    _require(isinstance(data, dict), path, "the top level must be an object with images, annotations, categories")
-    for key in ("images", "annotations", "categories"):
-        _require(isinstance(data.get(key), list), path, f"'{key}' must be a list")
-    return data
 
 
 def _check_categories(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
@@ -164,7 +181,18 @@ def read_annotations(path: str | os.PathLike, image_dir: str | os.PathLike) -> C
     path, image_dir = Path(path), Path(image_dir)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image directory {image_dir} does not exist")
-    data = _read_json(path)
+    annotations = parse_annotations(_read_json(path), path, image_dir)
+    annotations.warn_adjusted()
+    return annotations
+
+
+def parse_annotations(data: Any, path: Path, image_dir: Path) -> CocoAnnotations:
+    """Check COCO instances data (from the file `path`, or built from other sources and named by
+    `path`); images are `image_dir / file_name`. Structural problems raise `AnnotationError`; boxes
+    reaching outside their image are clipped and boxes without area dropped (counted, not warned)."""
+    _require(isinstance(data, dict), path, "the top level must be an object with images, annotations, categories")
+    for key in ("images", "annotations", "categories"):
+        _require(isinstance(data.get(key), list), path, f"'{key}' must be a list")
     categories = _check_categories(data, path)
     label_of = {c["id"]: i + 1 for i, c in enumerate(categories)}
     images = _check_images(data, path, image_dir)
@@ -192,13 +220,56 @@ def read_annotations(path: str | os.PathLike, image_dir: str | os.PathLike) -> C
         image.labels.append(label_of[entry["category_id"]])
         image.crowd.append(bool(entry.get("iscrowd", 0)))
         image.segmentations.append(entry.get("segmentation"))
-    if clipped or dropped:
-        warnings.warn(
-            f"{path}: {clipped} boxes reaching outside their image were clipped, "
-            f"{dropped} boxes without area (after clipping) dropped",
-            stacklevel=2,
-        )
+        image.areas.append(entry.get("area"))
     return CocoAnnotations(path, sorted(images.values(), key=lambda r: r.id), categories, clipped, dropped)
+
+
+def one_image(
+    image: dict[str, Any], annotations: Any, categories: list[dict[str, Any]], name: str, loader: Callable[[], Any]
+) -> CocoAnnotations:
+    """One image's COCO entry and annotations (a Hugging Face row, a shard's `json`), checked as a file's
+    would be; annotations without an `image_id` belong to the image. The record reads its image with `loader`."""
+    if isinstance(annotations, list):
+        annotations = [{"image_id": image.get("id"), **a} if isinstance(a, dict) else a for a in annotations]
+    data = {"images": [{**image, "file_name": name}], "annotations": annotations, "categories": categories}
+    parsed = parse_annotations(data, Path(name), Path())
+    parsed.images[0].loader = loader
+    return parsed
+
+
+# ------------------------------------------------------------------------------------------------
+# Records as COCO data again (ground truth and shards, where the data has no instances file)
+def record_instances(record: ImageRecord, label_to_category: Sequence[int], first_id: int = 1) -> list[dict[str, Any]]:
+    """The annotations of `record` as COCO dicts numbered from `first_id`: boxes as kept (clipped,
+    [x, y, width, height]), the dataset's category ids, crowd flags, segmentations, areas as given
+    (else the box's)."""
+    entries = []
+    for n, (box, label, crowd, segmentation, area) in enumerate(
+        zip(record.boxes, record.labels, record.crowd, record.segmentations, record.areas, strict=True)
+    ):
+        x1, y1, x2, y2 = box
+        entry = {
+            "id": first_id + n,
+            "image_id": record.id,
+            "category_id": label_to_category[label],
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "area": area if area is not None else (x2 - x1) * (y2 - y1),
+            "iscrowd": int(crowd),
+        }
+        if segmentation:
+            entry["segmentation"] = segmentation
+        entries.append(entry)
+    return entries
+
+
+def instances(annotations: CocoAnnotations) -> dict[str, Any]:
+    """The records as COCO instances data: the ground truth COCOeval scores against where the data has
+    no instances file of its own (Hugging Face datasets, shards)."""
+    images, entries = [], []
+    for record in annotations.images:
+        images.append({"id": record.id, "file_name": str(record.path), "width": record.width, "height": record.height})
+        entries += record_instances(record, annotations.label_to_category, len(entries) + 1)
+    return {"images": images, "annotations": entries, "categories": annotations.categories}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,7 +334,7 @@ class CocoDetection(Dataset):
         index, seed = item
         record = self.annotations.images[index]
         try:
-            image = load_image(record.path)
+            image = record.load()
         except (OSError, ValueError) as error:
             warnings.warn(f"skipping unreadable image {record.path}: {error}", stacklevel=1)
             return None
@@ -302,7 +373,7 @@ def collate_detection(samples: list[Any]) -> tuple[list[torch.Tensor], list[dict
 
 def report_missing(annotations: CocoAnnotations) -> int:
     """Count the listed images that do not exist (each is skipped, and counted, when loaded); warn once."""
-    missing = sum(not record.path.is_file() for record in annotations.images)
+    missing = sum(record.loader is None and not record.path.is_file() for record in annotations.images)
     if missing:
         warnings.warn(f"{missing} images listed in {annotations.path} do not exist; they will be skipped", stacklevel=2)
     return missing

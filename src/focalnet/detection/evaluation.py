@@ -124,11 +124,17 @@ class CocoEvaluation:
     per_class_ap: dict[str, dict[str, float]]
 
 
-def load_ground_truth(ground_truth: COCO | str | os.PathLike[str]) -> COCO:
-    """pycocotools' COCO object of an instances file (read quietly), or the object given."""
+def load_ground_truth(ground_truth: COCO | dict[str, Any] | str | os.PathLike[str]) -> COCO:
+    """pycocotools' COCO object of an instances file or of instances data (indexed quietly), or the object given."""
     if isinstance(ground_truth, (str, os.PathLike)):
         with contextlib.redirect_stdout(io.StringIO()):
             return _pycocotools().coco.COCO(os.fspath(ground_truth))
+    if isinstance(ground_truth, dict):
+        coco = _pycocotools().coco.COCO()
+        coco.dataset = ground_truth
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return coco
     return ground_truth
 
 
@@ -149,14 +155,13 @@ def _check_results(ground_truth: COCO, results: list[dict[str, Any]], iou_types:
 
 def _no_detections(ground_truth: COCO) -> COCO:
     """A result set without detections: pycocotools' `loadRes` fails on an empty list."""
-    detections = _pycocotools().coco.COCO()
-    detections.dataset = {
-        "images": list(ground_truth.dataset["images"]),
-        "categories": list(ground_truth.dataset["categories"]),
-        "annotations": [],
-    }
-    detections.createIndex()
-    return detections
+    return load_ground_truth(
+        {
+            "images": list(ground_truth.dataset["images"]),
+            "categories": list(ground_truth.dataset["categories"]),
+            "annotations": [],
+        }
+    )
 
 
 def _load_detections(ground_truth: COCO, results: list[dict[str, Any]], iou_type: str) -> COCO:

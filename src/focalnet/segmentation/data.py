@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..image_processing import load_image
-from ..training.data import seeded
+from ..training.data import ImageFile, seeded
 from .inference import SegmentationPreprocessing, fit_scale
 
 IGNORE_INDEX = 255
@@ -53,7 +52,10 @@ def _v2():
 # Finding the files
 @dataclass
 class SegmentationSplit:
-    """The (image, label map) pairs of one split; `labels[i]` may not exist (skipped when loaded)."""
+    """The (image, label map) file pairs of one split; `labels[i]` may not exist (skipped when loaded).
+
+    `SegmentationDataset` reads any split through `name`, `image_loader` and `label_map`, which Hugging
+    Face rows and shard samples (`focalnet.training.rows.RowPairs`) provide as well."""
 
     images: list[Path]
     labels: list[Path]
@@ -64,6 +66,20 @@ class SegmentationSplit:
     @property
     def missing(self) -> int:
         return sum(not path.is_file() for path in self.labels)
+
+    def name(self, index: int) -> str:
+        return str(self.images[index])
+
+    def image_loader(self, index: int) -> ImageFile:
+        """Reads the RGB image; OSError or ValueError when it cannot be read (the sample is skipped)."""
+        return ImageFile(self.images[index])
+
+    def label_map(self, index: int, num_labels: int, reduce_labels: bool = False) -> torch.Tensor:
+        """The checked label map; FileNotFoundError where there is none (the sample is skipped)."""
+        path = self.labels[index]
+        if not path.is_file():
+            raise FileNotFoundError(f"no label map {path}")
+        return read_label_map(path, num_labels, reduce_labels)
 
 
 def find_split(root: str | os.PathLike, split: str) -> SegmentationSplit:
@@ -113,9 +129,18 @@ def read_label_map(path: Path, num_labels: int, reduce_labels: bool = False) -> 
             values = numpy.array(image)
     except (OSError, SyntaxError, ValueError) as error:
         raise LabelError(f"cannot read the label map {path} ({error})") from None
+    return label_tensor(values, path, num_labels, reduce_labels)
+
+
+def label_tensor(values: Any, path: Any, num_labels: int, reduce_labels: bool = False) -> torch.Tensor:
+    """Label values (an (H, W) array of class indices, from `path`) as an int64 tensor, reduced if asked,
+    checked: LabelError names `path` for colour maps and labels outside the classes."""
+    import numpy
+
     if values.ndim != 2:
+        channels = values.shape[2] if values.ndim == 3 else values.ndim
         raise LabelError(
-            f"{path} has {values.shape[2]} channels; label maps are single-channel PNGs (mode L or P) of class indices"
+            f"{path} has {channels} channels; label maps are single-channel PNGs (mode L or P) of class indices"
         )
     labels = torch.from_numpy(values.astype(numpy.int64))
     if reduce_labels:
@@ -245,19 +270,22 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
         index, seed = item
-        image_path, label_path = self.split.images[index], self.split.labels[index]
-        if not label_path.is_file():
-            warnings.warn(f"skipping {image_path}: no label map {label_path}", stacklevel=1)
+        name = self.split.name(index)
+        try:
+            labels = self.split.label_map(index, self.num_labels, self.reduce_labels)
+        except LabelError:
+            raise
+        except (OSError, ValueError) as error:  # no label map, or a broken one in a row
+            warnings.warn(f"skipping {name}: {error}", stacklevel=1)
             return None
         try:
-            image = load_image(image_path)
+            image = self.split.image_loader(index)()
         except (OSError, ValueError) as error:
-            warnings.warn(f"skipping unreadable image {image_path}: {error}", stacklevel=1)
+            warnings.warn(f"skipping unreadable image {name}: {error}", stacklevel=1)
             return None
-        labels = read_label_map(label_path, self.num_labels, self.reduce_labels)
         if tuple(labels.shape) != (image.height, image.width):
             warnings.warn(
-                f"skipping {image_path}: it is {image.width}x{image.height}, its label map {label_path} "
+                f"skipping {name}: it is {image.width}x{image.height}, its label map "
                 f"is {labels.shape[1]}x{labels.shape[0]}",
                 stacklevel=1,
             )

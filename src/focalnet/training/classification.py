@@ -1,8 +1,10 @@
-"""Image classification as a training task: labelled folders, lists or digits; cross-entropy with
+"""Image classification as a training task: labelled folders, lists, digits, Hugging Face datasets or
+shards (`focalnet.training.sources`); cross-entropy with
 label smoothing and MixUp/CutMix; top-1/top-5 validation; an HF-layout classifier as the result."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,12 @@ from torch.utils.data import Dataset
 
 from ..modeling import FocalNetForImageClassification
 from .config import TrainConfig
-from .data import ImageDataset, collate, eval_processor, load_source, train_transform
+from .data import ImageDataset, collate, eval_processor, train_transform
 from .distributed import Processes
 from .evaluation import evaluate
 from .models import build_focalnet
+from .sources import labelled_sources
+from .streaming import samples
 from .task import Batch, Task
 
 
@@ -39,9 +43,8 @@ class ClassificationTask(Task):
 
     def __init__(self, config: TrainConfig, processes: Processes) -> None:
         super().__init__(config, processes)
-        self.train_source = load_source(config, "train")
+        self.train_source, self.val_source = labelled_sources(config)
         self.classes = self.train_source.classes
-        self.val_source = load_source(config, "val", self.classes)
         self.processor = eval_processor(config)
         self.mix = self._batch_mixing()
 
@@ -60,10 +63,10 @@ class ClassificationTask(Task):
 
     # -- data ----------------------------------------------------------------------------------
     def train_dataset(self) -> Dataset:
-        return ImageDataset(self.train_source, train_transform(self.config))
+        return samples(self.train_source, functools.partial(ImageDataset, transform=train_transform(self.config)))
 
     def val_dataset(self) -> Dataset:
-        return ImageDataset(self.val_source, self.processor.transform)
+        return samples(self.val_source, functools.partial(ImageDataset, transform=self.processor.transform))
 
     def collate(self, samples: list[Any]) -> Batch:
         return collate(samples)

@@ -45,7 +45,34 @@ class TrainConfig:
     `annotations/instances_train.json`, `instances_val.json` (or `..._train2017.json`).
     Semantic segmentation takes the ADE20K layout: `images/training/`, `images/validation/`,
     `annotations/training/`, `annotations/validation/` (PNG label maps named like the images) and
-    `labels.txt` (class names, one per line, in label order)."""
+    `labels.txt` (class names, one per line, in label order).
+    Every task also takes a Hugging Face dataset: `hf:ID[:CONFIG]` (the hub, through its cache), a
+    `save_to_disk` directory or a folder of parquet files; and WebDataset shards, `wds:PATTERN`
+    (brace notation; local paths, `pipe:` commands or fsspec URLs)."""
+    val_data: str | None = None
+    """Validation data elsewhere than `data`: shards (`wds:PATTERN`) or any source `data` takes (its
+    validation split). Without it, shards validate on the val split of the _info.json beside them."""
+    data_revision: str | None = None
+    """Hugging Face hub datasets: the revision (branch, tag or commit), e.g. refs/convert/parquet."""
+    train_split: str = "train"
+    """Hugging Face datasets: the split to train on."""
+    val_split: str | None = None
+    """Hugging Face datasets: the split to validate on; None takes `validation` or `val`, else holds out
+    `val_fraction` of the training split."""
+    image_column: str | None = None
+    """Hugging Face datasets: the image column (default image; masked image modeling falls back to img);
+    shards: the image's key (default the first of jpg, jpeg, png, webp)."""
+    label_column: str | None = None
+    """Hugging Face datasets: the class column (default label, else labels), or for semantic segmentation
+    the label-map column (default label, else annotation)."""
+    streaming: bool = False
+    """Stream a Hugging Face dataset (`data: hf:ID`) instead of loading it whole, as shards are."""
+    train_samples: int | None = None
+    """Streamed training data: samples per epoch (default: the sample counts of the `_info.json` beside
+    the shards, or the dataset's split size)."""
+    shuffle_buffer: int = 1000
+    """Streamed training data: samples each data-loading worker shuffles among (the shard order is
+    shuffled too, by seed and epoch)."""
     train_annotations: str | None = None
     """Detection: a COCO instances JSON for training (with `train_images`); replaces `data`."""
     train_images: str | None = None
@@ -119,7 +146,8 @@ class TrainConfig:
 
     # ---- semantic segmentation ----------------------------------------------------------------
     class_names: list[str] | None = None
-    """Class names in label order; None reads `data`/labels.txt."""
+    """Class names in label order; None reads `data`/labels.txt (or the data's own, see the README's
+    Data section). Streamed classification shards without an _info.json take them from here too."""
     reduce_labels: bool = False
     """ADE20K's convention: label 0 ("other") is ignored and the others shift down by one."""
     head_overrides: dict[str, Any] = field(default_factory=dict)
@@ -202,6 +230,8 @@ class TrainConfig:
             (self.freeze_stages >= 0, "freeze_stages must be >= 0"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
             (self.workers >= 0, "workers must be >= 0"),
+            (self.train_samples is None or self.train_samples >= 1, "train_samples must be >= 1 or null"),
+            (self.shuffle_buffer >= 0, "shuffle_buffer must be >= 0"),
             (len(self.mean) == len(self.std), "mean and std need one value per channel"),
             (len(self.crop_scale) == 2 and len(self.crop_ratio) == 2, "crop_scale and crop_ratio are [min, max]"),
             (self.interpolation in INTERPOLATIONS, f"interpolation must be one of {INTERPOLATIONS}"),

@@ -10,7 +10,6 @@ uninterrupted runs, see identical batches.
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import re
 import warnings
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from ..image_processing import IMAGE_SUFFIXES, FocalNetImageProcessor, image_files, load_image
 from .config import TrainConfig
@@ -72,9 +71,22 @@ def image_folder(root: str | Path) -> LabelledImages:
     return _from_files(files, classes)
 
 
+@dataclass(frozen=True)
+class ImageFile:
+    """Loads an image file (picklable); `encoded` gives its bytes as stored (for writing shards)."""
+
+    path: Path
+
+    def __call__(self) -> Any:
+        return load_image(self.path)
+
+    def encoded(self) -> bytes:
+        return self.path.read_bytes()
+
+
 def _from_files(files: Sequence[tuple[Path, int]], classes: list[str]) -> LabelledImages:
     return LabelledImages(
-        [functools.partial(load_image, path) for path, _ in files],
+        [ImageFile(Path(path)) for path, _ in files],
         [label for _, label in files],
         classes,
         [str(path) for path, _ in files],
@@ -140,8 +152,7 @@ def image_list(path: str | Path, classes: Sequence[str] | None = None, labelled:
         raise ValueError(f"{path}: rows without a label, e.g. {unlabelled[0]!r}; give every row `path,label`")
     raw = [str(row[1]).strip() for row in rows]
     if classes is None:
-        numeric = all(re.fullmatch(r"\d+", label) for label in raw)
-        classes = [str(i) for i in range(max(map(int, raw)) + 1)] if numeric else sorted(set(raw))
+        classes = class_names_of(raw)
     index = {name: i for i, name in enumerate(classes)}
     labels = []
     for label in raw:
@@ -150,6 +161,14 @@ def image_list(path: str | Path, classes: Sequence[str] | None = None, labelled:
         labels.append(index[label])
     files = [(path.parent / row[0], label) for row, label in zip(rows, labels, strict=True)]
     return _from_files(files, list(classes))
+
+
+def class_names_of(labels: Sequence[Any]) -> list[str]:
+    """Class names for raw labels: "0".."max" when all are whole numbers, else the sorted distinct names."""
+    text = [str(label).strip() for label in labels]
+    if text and all(re.fullmatch(r"\d+", label) for label in text):
+        return [str(i) for i in range(max(map(int, text)) + 1)]
+    return sorted(set(text))
 
 
 def digits(split: str, val_fraction: float = 0.2, split_seed: int = 0) -> LabelledImages:
@@ -342,6 +361,11 @@ class ShardedSampler(Sampler[tuple[int, int]]):
         return self.size // self.batch_size
 
     @property
+    def layout(self) -> None:
+        """What a mid-epoch position depends on: nothing (the order is the same for any number of processes)."""
+        return None
+
+    @property
     def local_batch_size(self) -> int:
         return self.batch_size // self.world if self.shuffle else self.batch_size
 
@@ -365,14 +389,15 @@ class ShardedSampler(Sampler[tuple[int, int]]):
 
 def sample_loader(
     dataset: Dataset,
-    sampler: ShardedSampler,
+    sampler: ShardedSampler | None,
     batch_size: int,
     workers: int = 0,
     pin_memory: bool = False,
     collate_fn: Callable[[list], tuple[Any, Any, int]] = collate,
 ) -> DataLoader:
     """Batches of (inputs, targets, unreadable count); the loader has its own generator, so creating
-    an iterator draws nothing from the global RNG (which resumed runs restore exactly)."""
+    an iterator draws nothing from the global RNG (which resumed runs restore exactly). Streams
+    (iterable datasets) need no sampler."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -384,6 +409,27 @@ def sample_loader(
     )
 
 
+def training_loader(
+    dataset: Dataset,
+    batch_size: int,
+    micro_batch: int,
+    rank: int = 0,
+    world: int = 1,
+    seed: int = 0,
+    workers: int = 0,
+    pin_memory: bool = False,
+    collate_fn: Callable[[list], tuple[Any, Any, int]] = collate,
+    shuffle_buffer: int = 0,
+) -> tuple[Any, DataLoader]:
+    """One process's training micro-batches, and what plans the epochs (`set_epoch`, `batches_per_epoch`,
+    `layout`): the index-and-seed `ShardedSampler`, or a stream (`StreamedSamples`) itself."""
+    if isinstance(dataset, IterableDataset):
+        plan = dataset.for_training(batch_size, micro_batch, rank, world, workers, seed, shuffle_buffer)
+        return plan, sample_loader(dataset, None, micro_batch, workers, pin_memory, collate_fn)
+    sampler = ShardedSampler(len(dataset), batch_size, rank, world, seed=seed)
+    return sampler, sample_loader(dataset, sampler, micro_batch, workers, pin_memory, collate_fn)
+
+
 def evaluation_loader(
     dataset: Dataset,
     batch_size: int,
@@ -393,9 +439,19 @@ def evaluation_loader(
     pin_memory: bool = False,
     collate_fn: Callable[[list], tuple[Any, Any, int]] = collate,
 ) -> DataLoader:
-    """Every world-th sample of `dataset` (from `rank`), in order, each seeded by its index."""
+    """Every world-th sample of `dataset` (from `rank`), in order, each seeded by its index; a stream
+    gives every sample once over the processes and their workers."""
+    if isinstance(dataset, IterableDataset):
+        return sample_loader(dataset.for_evaluation(rank, world), None, batch_size, workers, pin_memory, collate_fn)
     sampler = ShardedSampler(len(dataset), 1, rank, world, shuffle=False)
     return sample_loader(dataset, sampler, batch_size, workers, pin_memory, collate_fn)
+
+
+def first_samples(dataset: Dataset, count: int) -> list[Any]:
+    """The first `count` evaluation samples of a dataset or a stream, seeded as evaluation seeds them."""
+    if isinstance(dataset, IterableDataset):
+        return dataset.head(count)
+    return [dataset[(index, index)] for index in range(min(count, len(dataset)))]
 
 
 def export_digits(directory: str | Path, count: int = 8, split: str = "val") -> list[Path]:

@@ -1,5 +1,6 @@
-"""Object detection and instance segmentation as training tasks: COCO-layout data, torchvision's
-detectors on a FocalNet FPN, COCO mAP from pycocotools' COCOeval (SPEC 10).
+"""Object detection and instance segmentation as training tasks: COCO-layout data (or Hugging Face
+datasets in the cppe-5 layout, or shards; `focalnet.training.sources`), torchvision's detectors on a
+FocalNet FPN, COCO mAP from pycocotools' COCOeval (SPEC 10).
 
 Training images are flipped, optionally cropped and resized to one of `scales` by the data
 pipeline (the detector's own resize is switched off while training); validation images go in at
@@ -8,6 +9,7 @@ their size and the detector resizes them to `min_size`, mapping its boxes back.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -25,6 +27,9 @@ from .data import evaluation_loader, seeded
 from .distributed import Processes
 from .evaluation import autocast
 from .models import model_overrides
+from .rows import Unreadable
+from .sources import detection_sources
+from .streaming import Stream, samples
 from .task import Batch, Task, batch_inputs
 
 LOGGED_STATS = {"bbox": ("map", "map_50", "map_75"), "segm": ("map", "map_50")}
@@ -60,6 +65,16 @@ def seeded_samplers(model: nn.Module) -> list[SeededSampler]:
             owner.fg_bg_sampler = SeededSampler(owner.fg_bg_sampler, salt)
             samplers.append(owner.fg_bg_sampler)
     return samplers
+
+
+def validation_instances(source: data.CocoAnnotations | Stream) -> Path | dict[str, Any]:
+    """What COCOeval scores against: the instances file of a COCO layout, else the records as COCO
+    data (a stream's read from every shard, its unusable samples left out)."""
+    if isinstance(source, Stream):
+        records = [record for name, row in source.rows() for record in source.decode(row, name).images]
+        usable = [record for record in records if not isinstance(record.loader, Unreadable)]
+        return data.instances(data.CocoAnnotations(Path(source.name), usable, source.categories))
+    return source.path if source.path.is_file() else data.instances(source)
 
 
 def read_split(config: TrainConfig, split: str) -> data.CocoAnnotations:
@@ -124,13 +139,11 @@ class DetectionTask(Task):
         self.with_masks = "segm" in self.iou_types
         if self.with_masks and self.architecture != "mask_rcnn":
             raise ValueError(f"instance segmentation needs detector mask_rcnn, not {self.architecture}")
-        self.train_annotations = read_split(config, "train")
-        self.val_annotations = read_split(config, "val")
+        self.train_annotations, self.val_annotations = detection_sources(config)
         self.categories = self.train_annotations.categories
         if self.val_annotations.categories != self.categories:
-            raise ValueError(
-                f"the categories of {self.val_annotations.path} differ from those of {self.train_annotations.path}"
-            )
+            raise ValueError(f"the categories of {self.val_annotations.path} differ from the training data's")
+        self.label_to_category = [0] + [int(category["id"]) for category in self.categories]
         self._ground_truth = None
 
     # -- model ---------------------------------------------------------------------------------
@@ -156,10 +169,11 @@ class DetectionTask(Task):
     def train_dataset(self) -> Dataset:
         config = self.config
         transform = data.train_transform(config.scales, config.max_size, config.hflip, config.random_crop)
-        return data.CocoDetection(self.train_annotations, transform, self.with_masks)
+        make = functools.partial(data.CocoDetection, transform=transform, with_masks=self.with_masks)
+        return samples(self.train_annotations, make)
 
     def val_dataset(self) -> Dataset:
-        return data.CocoDetection(self.val_annotations, data.eval_transform())
+        return samples(self.val_annotations, functools.partial(data.CocoDetection, transform=data.eval_transform()))
 
     def collate(self, samples: list[Any]) -> Batch:
         return data.collate_detection(samples)
@@ -186,8 +200,9 @@ class DetectionTask(Task):
         """COCO mAP over the whole validation set: detections gathered from every process, COCOeval on
         the main one, the numbers shared back."""
         config, processes = self.config, self.processes
-        label_to_category = self.val_annotations.label_to_category
-        results, skipped = predict_coco(model, batches, label_to_category, self.iou_types, processes.device, config.amp)
+        results, skipped = predict_coco(
+            model, batches, self.label_to_category, self.iou_types, processes.device, config.amp
+        )
         gathered = [result for part in processes.gather(results) for result in part]
         names = [f"{iou}_{name}" for iou in self.iou_types for name in STAT_NAMES]
         values = [0.0] * len(names)
@@ -200,9 +215,10 @@ class DetectionTask(Task):
         return {**evaluation_metrics(stats, self.iou_types), "skipped": int(skipped)}
 
     def ground_truth(self):
-        """pycocotools' COCO object of the validation annotations (read once)."""
+        """pycocotools' COCO object of the validation annotations (read once): the instances file, or the
+        records of data without one (Hugging Face rows, shards: read through once)."""
         if self._ground_truth is None:
-            self._ground_truth = load_ground_truth(self.val_annotations.path)
+            self._ground_truth = load_ground_truth(validation_instances(self.val_annotations))
         return self._ground_truth
 
     # -- bookkeeping ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ depend on the number of processes; validation masks are fixed by each image's in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,12 @@ from torch.utils.data import Dataset
 from ..masking import MaskGenerator
 from ..modeling import FocalNetForMaskedImageModeling
 from .config import TrainConfig
-from .data import ImageDataset, eval_processor, train_transform, unlabelled_source
+from .data import ImageDataset, eval_processor, first_samples, train_transform
 from .distributed import Processes
 from .evaluation import autocast
 from .models import build_focalnet
+from .sources import unlabelled_sources
+from .streaming import samples
 from .task import Batch, Task, batch_inputs
 
 
@@ -51,8 +54,7 @@ class MaskedImageModelingTask(Task):
 
     def __init__(self, config: TrainConfig, processes: Processes) -> None:
         super().__init__(config, processes)
-        self.train_source = unlabelled_source(config, "train")
-        self.val_source = unlabelled_source(config, "val")
+        self.train_source, self.val_source = unlabelled_sources(config)
         self.processor = eval_processor(config)
         self.masks: MaskGenerator | None = None
 
@@ -73,10 +75,12 @@ class MaskedImageModelingTask(Task):
         return self.masks
 
     def train_dataset(self) -> Dataset:
-        return ImageDataset(self.train_source, WithMask(train_transform(self.config), self._mask_generator()))
+        transform = WithMask(train_transform(self.config), self._mask_generator())
+        return samples(self.train_source, functools.partial(ImageDataset, transform=transform))
 
     def val_dataset(self) -> Dataset:
-        return ImageDataset(self.val_source, WithMask(self.processor.transform, self._mask_generator()))
+        transform = WithMask(self.processor.transform, self._mask_generator())
+        return samples(self.val_source, functools.partial(ImageDataset, transform=transform))
 
     def collate(self, samples: list[Any]) -> Batch:
         return collate_masked(samples)
@@ -115,15 +119,11 @@ class MaskedImageModelingTask(Task):
     # -- outputs -------------------------------------------------------------------------------
     def after_epoch(self, model: nn.Module, epoch: int, output_dir: Path) -> None:
         """The four SimMIM panels for the first `reconstruction_images` validation images."""
-        count = min(self.config.reconstruction_images, len(self.val_source))
-        if count == 0:
+        pixels, masks, _ = collate_masked(first_samples(self.val_dataset(), self.config.reconstruction_images))
+        if len(pixels) == 0:
             return
         from ..visualization import save_reconstruction_grid
 
-        dataset = self.val_dataset()
-        pixels, masks, _ = collate_masked([dataset[(i, i)] for i in range(count)])
-        if len(pixels) == 0:
-            return
         was_training = model.training
         model.eval()
         device = self.processes.device

@@ -8,6 +8,7 @@ and the logits resized back to the label map's size, one image at a time (as mms
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,6 +28,8 @@ from .data import evaluation_loader
 from .distributed import Processes
 from .evaluation import autocast
 from .models import model_overrides
+from .sources import segmentation_sources
+from .streaming import samples
 from .task import Batch, Task, batch_inputs
 
 MIN_LOCAL_BATCH = 2
@@ -88,16 +91,17 @@ class SemanticSegmentationTask(Task):
     def __init__(self, config: TrainConfig, processes: Processes) -> None:
         super().__init__(config, processes)
         if config.data is None:
-            raise ValueError("semantic segmentation needs `data`: an ADE20K-layout directory (see TrainConfig.data)")
+            raise ValueError(
+                "semantic segmentation needs `data`: an ADE20K-layout directory, a Hugging Face dataset or shards "
+                "(see TrainConfig.data)"
+            )
         local_batch = config.batch_size // (processes.world * config.accum_steps)
         if local_batch < MIN_LOCAL_BATCH:
             raise ValueError(
                 f"each process trains on {local_batch} image(s) per micro-batch; UperNet's BatchNorm after the "
                 f"1x1 pyramid pooling needs >= {MIN_LOCAL_BATCH}: raise batch_size or lower accum_steps"
             )
-        self.class_names = list(config.class_names or data.read_class_names(config.data))
-        self.train_split = data.find_split(config.data, "train")
-        self.val_split = data.find_split(config.data, "val")
+        self.train_split, self.val_split, self.class_names = segmentation_sources(config)
 
     @property
     def num_labels(self) -> int:
@@ -135,11 +139,19 @@ class SemanticSegmentationTask(Task):
             config.mean,
             config.std,
         )
-        return data.SegmentationDataset(self.train_split, self.num_labels, transform, config.reduce_labels)
+        return samples(self.train_split, self._dataset(transform))
 
     def val_dataset(self) -> Dataset:
-        transform = data.eval_transform(preprocessing(self.config))
-        return data.SegmentationDataset(self.val_split, self.num_labels, transform, self.config.reduce_labels)
+        return samples(self.val_split, self._dataset(data.eval_transform(preprocessing(self.config))))
+
+    def _dataset(self, transform: Callable) -> Callable[[Any], Dataset]:
+        """The dataset class for a split (or one streamed sample) with this run's classes and transform."""
+        return functools.partial(
+            data.SegmentationDataset,
+            num_labels=self.num_labels,
+            transform=transform,
+            reduce_labels=self.config.reduce_labels,
+        )
 
     def collate(self, samples: list[Any]) -> Batch:
         return data.collate_segmentation(samples)

@@ -18,6 +18,7 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from torch import nn
 from .._io import atomic_path, atomic_write
 from . import distributed
 from .config import TrainConfig
-from .data import ShardedSampler, evaluation_loader, sample_loader
+from .data import evaluation_loader, training_loader
 from .evaluation import autocast
 from .optim import build_ema, build_optimizer, warmup_cosine, warmup_poly, warmup_steps_decay
 from .task import Task, batch_inputs, move_to, task_named
@@ -119,18 +120,18 @@ class Trainer:
 
         self.task: Task = (task_class or task_named(config.task))(config, processes)
         self.model = self.task.build_model().train().to(self.device)  # before the data: it may shape it
-        train_dataset = self.task.train_dataset()
-        self.sampler = ShardedSampler(
-            len(train_dataset), config.batch_size, processes.rank, processes.world, seed=config.seed
-        )
         pin_memory = self.device.type == "cuda"
-        self.train_loader = sample_loader(
-            train_dataset,
-            self.sampler,
+        self.sampler, self.train_loader = training_loader(
+            self.task.train_dataset(),
+            config.batch_size,
             config.batch_size // (processes.world * config.accum_steps),
+            processes.rank,
+            processes.world,
+            config.seed,
             config.workers,
             pin_memory,
             self.task.collate,
+            config.shuffle_buffer,
         )
         self.val_loader = evaluation_loader(
             self.task.val_dataset(),
@@ -209,6 +210,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "progress": vars(self.progress),
+            "data_layout": self.sampler.layout,
             "rng": rng,
         }
         with atomic_path(self.checkpoint_path) as tmp:
@@ -227,6 +229,13 @@ class Trainer:
         if self.ema is not None and checkpoint["ema"] is not None:
             self.ema.load_state_dict(checkpoint["ema"])
         self.progress = Progress(**checkpoint["progress"])
+        if self.progress.batch and checkpoint.get("data_layout") != self.sampler.layout:
+            warnings.warn(
+                f"{path} stopped mid-epoch reading the stream with {checkpoint.get('data_layout')}, this run has "
+                f"{self.sampler.layout}: the rest of the epoch is drawn in this run's layout, so some samples may "
+                "repeat or be left out until it ends",
+                stacklevel=2,
+            )
         states = checkpoint["rng"]
         if len(states) != self.processes.world:
             warnings.warn(
@@ -320,7 +329,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         batches = self.val_loader
-        bar = self._progress_bar(len(batches), "validate")
+        bar = self._progress_bar(len(batches) if isinstance(batches.dataset, Sized) else None, "validate")
         if bar is not None:
             batches = _counting(batches, bar)
         metrics = self.task.evaluate(self.eval_model, batches)
@@ -388,7 +397,7 @@ class Trainer:
             return
         self._writer = SummaryWriter(str(self.output_dir / "tensorboard"))
 
-    def _progress_bar(self, total: int, description: str):
+    def _progress_bar(self, total: int | None, description: str):
         if not self.processes.is_main:
             return None
         try:
