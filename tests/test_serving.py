@@ -504,3 +504,10 @@ def test_ray_serve_replicas_answer_as_the_single_process(models, classifier_serv
     finally:
         assert server.stop(timeout=120) == 0, server.output()
         shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_a_model_that_cannot_be_loaded_stops_the_server_with_the_reason(tmp_path) -> None:
+    server = Server(serve_command(tmp_path / "missing-model"), tmp_path / "missing.log")
+    assert server.process.wait(timeout=60) == 1
+    assert "the model could not be loaded" in server.output() and "missing-model" in server.output()
+    server.stop()
