@@ -199,6 +199,18 @@ def _normalised(pixels: np.ndarray, mean=MEAN, std=STD) -> torch.Tensor:
     return (torch.from_numpy(pixels).double() / 255 - m) / s
 
 
+def test_a_multi_label_figure_scores_its_labels_as_predict_does() -> None:
+    """Sigmoid per label, as `focalnet predict` and `focalnet serve` answer a multi-label model."""
+    model = _model(id2label={0: "cat", 1: "dog", 2: "bird"}, problem_type="multi_label_classification")
+    pixels = torch.randn(1, 3, 32, 32)
+    figure = modulator_figure(model, pixels, MEAN, STD, top_k=3)
+    with torch.no_grad():
+        top = model(pixels).logits.sigmoid()[0].topk(3)
+    names = ["cat", "dog", "bird"]
+    title = "\n".join(f"{names[i]}  {s:.1%}" for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True))
+    assert title in [ax.get_title() for ax in figure.get_axes()]
+
+
 def _panel(grid: np.ndarray, row: int, col: int, height: int, width: int, scale: int) -> np.ndarray:
     """The panel of the documented geometry, and a check that it is an exact nearest upscale."""
     h, w = height * scale, width * scale

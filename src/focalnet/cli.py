@@ -18,6 +18,7 @@ from . import __version__
 from ._io import atomic_write
 from .benchmark import DEFAULT_BATCH_SIZES, DEFAULT_MODES, DEFAULT_PRESETS, MODES
 from .configuration import FocalNetConfig
+from .predict import is_detector_source
 from .presets import PRESETS, list_presets
 from .training.config import RECIPES, TASKS
 from .training.trainer import CheckpointCorruptError
@@ -153,7 +154,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.set:
             raise ValueError("--set changes the config of a PyTorch model; an ONNX file is fixed (export it again)")
         predictor = OnnxPredictor.from_file(args.onnx)
-    elif _is_detector(args.model):
+    elif is_detector_source(args.model):
         return predict_detections(args, images)
     elif _is_segmenter(args.model):
         return predict_segmentation(args, images)
@@ -179,14 +180,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{len(failures)} of {len(images)} images could not be read", file=sys.stderr)
         return 1
     return 0
-
-
-def _is_detector(source: str) -> bool:
-    try:
-        from .detection.models import is_detector_directory
-    except ImportError:
-        return False
-    return is_detector_directory(source)
 
 
 def _is_segmenter(source: str) -> bool:
@@ -345,7 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    task = args.task or ("detection" if _is_detector(args.model) else None)
+    task = args.task or ("detection" if is_detector_source(args.model) else None)
     task = task or ("semantic-segmentation" if _is_segmenter(args.model) else "classification")
     if task in ("detection", "instance-segmentation"):
         return evaluate_detections(args, task)
@@ -487,7 +480,7 @@ def cmd_make_shapes(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import check_onnx, export_onnx, input_shape, load_exportable, onnx_session
 
-    if _is_detector(args.source):
+    if is_detector_source(args.source):
         raise ValueError(f"{args.source} is a detector; ONNX export covers classifiers, backbones, SimMIM and UperNet")
     if _is_segmenter(args.source):
         from .segmentation import UperNetForSemanticSegmentation

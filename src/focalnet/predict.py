@@ -40,6 +40,16 @@ def processor_for(source: str | os.PathLike, image_size: int) -> FocalNetImagePr
     return FocalNetImageProcessor.from_preset("hf", image_size=image_size)
 
 
+def is_detector_source(source: Any) -> bool:
+    """Whether `source` is a detector directory saved by `focalnet.detection` (False, not an error,
+    where the detection extra is not installed)."""
+    try:
+        from .detection.models import is_detector_directory
+    except ImportError:
+        return False
+    return is_detector_directory(source)
+
+
 def class_scores(logits: torch.Tensor, config: Any) -> torch.Tensor:
     """Scores per class as transformers' image-classification pipeline gives them: sigmoid for
     multi-label models and single-output ones, softmax otherwise."""

@@ -36,7 +36,7 @@ from .modeling import (
     FocalNetPreTrainedModel,
     class_for_weights,
 )
-from .predict import processor_for
+from .predict import class_scores, processor_for, top_classes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -234,17 +234,13 @@ def display_stats(processor: FocalNetImageProcessor) -> tuple[tuple[float, ...],
 
 # ------------------------------------------------------------------------------------------------
 # the classifier figure
-def _top_k_lines(logits: torch.Tensor | None, id2label: dict[int, str], top_k: int) -> list[str]:
-    """'label  12.3%' for each of the k most probable classes of one image (none without a classifier)."""
-    if logits is None or top_k <= 0 or not id2label:
+def _top_k_lines(logits: torch.Tensor | None, config: FocalNetConfig, top_k: int) -> list[str]:
+    """'label  12.3%' for each of the k best classes of one image, scored as `focalnet predict` scores
+    them (none without a classifier)."""
+    if logits is None or top_k <= 0 or not config.id2label:
         return []
-    probabilities = logits.float().softmax(-1)[0]
-    scores, indices = probabilities.topk(min(top_k, probabilities.shape[-1]))
-    lines = []
-    for score, index in zip(scores.tolist(), indices.tolist(), strict=True):
-        label = id2label.get(index, str(index))
-        lines.append(f"{label[:28]}  {score:.1%}")
-    return lines
+    ranked = top_classes(class_scores(logits[:1], config), config.id2label, top_k)[0]
+    return [f"{guess['label'][:28]}  {guess['score']:.1%}" for guess in ranked]
 
 
 def modulator_figure(
@@ -274,7 +270,7 @@ def modulator_figure(
     with _inference(model):
         out = model(pixel_values, output_modulators=True)
     image = _to_rgb_uint8(_denormalize(pixel_values, mean, std))[0]
-    lines = _top_k_lines(getattr(out, "logits", None), model.config.id2label, top_k)
+    lines = _top_k_lines(getattr(out, "logits", None), model.config, top_k)
     panels = [("\n".join(lines) or "input", image)]
     for index in selected:
         heat_map = out.modulators[index][0].float().norm(dim=0)
@@ -433,8 +429,9 @@ def save_reconstruction_grid(
 
 # ------------------------------------------------------------------------------------------------
 # files in, PNG files out
-def _load_model(source: str | os.PathLike, device: str) -> FocalNetPreTrainedModel:
-    """A classifier or a SimMIM model, as the checkpoint says; the weights are read once."""
+def load_classifier_or_simmim(source: str | os.PathLike, device: str = "cpu") -> FocalNetPreTrainedModel:
+    """A classifier or a SimMIM model, as the checkpoint says (what `visualize` and `serve` draw);
+    the weights are read once."""
     resolved = resolve(source, {})
     model_class = _model_class(resolved.config, resolved.state.keys(), str(source))
     return build_from_resolved(model_class, resolved).to(device)
@@ -447,7 +444,7 @@ def _model_class(config: FocalNetConfig, keys: Any, source: str) -> type[FocalNe
         return model_class
     raise ValueError(
         f"{source} is neither an image classifier nor a masked-image-modeling model (no classifier or decoder "
-        "weights); visualize needs one of the two"
+        "weights): a bare encoder has no labels or reconstructions to show; fine-tune or pretrain it first"
     )
 
 
@@ -522,7 +519,7 @@ def visualize_images(
     Returns the written paths and (path, reason) for each image that could not be read.
     """
     _check_alpha(alpha)
-    model = _load_model(model_source, device)
+    model = load_classifier_or_simmim(model_source, device)
     block_indices = parse_blocks(blocks, model.config.depths)
     processor = processor_for(model_source, model.config.image_size_2d[0])
     mean, std = display_stats(processor)

@@ -338,8 +338,7 @@ def build_app(
 
     @app.get("/v2/models/{model}/ready", responses=ERROR_RESPONSES, summary="Open Inference Protocol model readiness")
     async def v2_model_ready(model: str) -> JSONResponse:
-        if model != name:
-            raise ServingError(404, "not_found", f"no model named {model!r}; this server serves {name!r}")
+        _check_name(model, state)
         response = readiness()
         return JSONResponse({"name": name, "ready": response.status_code == 200}, status_code=response.status_code)
 
@@ -405,9 +404,13 @@ async def _run(runner: Runner, prepared: list[Prepared]) -> list[Any]:
         raise ServingError(500, "model_error", f"the model failed on this request's batch: {error}") from None
 
 
-def _named(model: str, state: ServerState) -> Service:
+def _check_name(model: str, state: ServerState) -> None:
     if model != state.name:
         raise ServingError(404, "not_found", f"no model named {model!r}; this server serves {state.name!r}")
+
+
+def _named(model: str, state: ServerState) -> Service:
+    _check_name(model, state)
     service, _ = state.require_ready()
     return service
 

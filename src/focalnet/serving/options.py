@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..configuration import _check_number, _check_positive_int
+
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 """Pillow formats an upload may be in (JPEG includes the MPO files of phone cameras). An allow-list:
 formats with a history of decoder bombs (FITS, among others) are never opened."""
@@ -22,12 +24,6 @@ class ServingError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}
-
-
-def _check_positive(name: str, value: Any, integer: bool) -> None:
-    number_types = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, number_types) or value <= 0:
-        raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
 
 
 @dataclass
@@ -60,12 +56,12 @@ class ServeOptions:
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         for name in ("max_batch_size", "max_queue", "top_k", "max_pixels", "max_images"):
-            _check_positive(name, getattr(self, name), integer=True)
+            _check_positive_int(name, getattr(self, name))
         for name in ("timeout_s", "max_upload_mb"):
-            _check_positive(name, getattr(self, name), integer=False)
-        if isinstance(self.max_wait_ms, bool) or not isinstance(self.max_wait_ms, (int, float)) or self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be a number >= 0, got {self.max_wait_ms!r}")
-        if not 0.0 <= self.threshold <= 1.0:
+            _check_number(name, getattr(self, name), low=0.0, low_open=True)
+        _check_number("max_wait_ms", self.max_wait_ms, low=0.0)
+        _check_number("threshold", self.threshold, low=0.0)
+        if self.threshold > 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")
         if isinstance(self.cors_origins, str):
             self.cors_origins = [self.cors_origins]

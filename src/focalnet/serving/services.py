@@ -23,7 +23,7 @@ from torch import nn
 from .. import __version__
 from ..image_processing import FocalNetImageProcessor
 from ..modeling import FocalNetForImageClassification, FocalNetForMaskedImageModeling
-from ..predict import Predictor, class_scores, processor_for, top_classes
+from ..predict import Predictor, class_scores, is_detector_source, processor_for, top_classes
 from .options import RequestParams, ServeOptions, ServingError
 
 if TYPE_CHECKING:
@@ -64,6 +64,15 @@ def binary_mask_base64(mask: torch.Tensor) -> str:
     from PIL import Image
 
     return png_base64(Image.fromarray((mask.to(torch.uint8) * 255).numpy(), mode="L"))
+
+
+def _processor_fields(processor: FocalNetImageProcessor) -> dict[str, Any]:
+    """`/model`'s input size (the crop, else the resize) and preprocessing of a FocalNet processor."""
+    size = processor.crop_size if processor.do_center_crop else processor.size
+    return {
+        "input_size": list(size) if isinstance(size, (tuple, list)) else [size, size],
+        "preprocessing": processor.to_dict(),
+    }
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -164,15 +173,12 @@ class ClassificationService(Service):
     def describe(self) -> dict[str, Any]:
         from ..visualization import block_title
 
-        processor = self.predictor.processor
-        size = processor.crop_size if processor.do_center_crop else processor.size
         depths = self.model.config.depths if self.model is not None else None
         return {
             **super().describe(),
             "model_class": type(self.model).__name__ if self.model is not None else "ONNX file",
             "blocks": [block_title(i, depths) for i in range(sum(depths))] if depths else None,
-            "input_size": list(size) if isinstance(size, (tuple, list)) else [size, size],
-            "preprocessing": processor.to_dict(),
+            **_processor_fields(self.predictor.processor),
         }
 
 
@@ -244,13 +250,7 @@ class MaskedImageModelingService(Service):
         return png_bytes(grid)
 
     def describe(self) -> dict[str, Any]:
-        size = self.processor.crop_size if self.processor.do_center_crop else self.processor.size
-        return {
-            **super().describe(),
-            "input_size": list(size) if isinstance(size, (tuple, list)) else [size, size],
-            "preprocessing": self.processor.to_dict(),
-            "default_mask_ratio": DEFAULT_MASK_RATIO,
-        }
+        return {**super().describe(), **_processor_fields(self.processor), "default_mask_ratio": DEFAULT_MASK_RATIO}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,6 +433,7 @@ def _load_model(source: Any, preprocessing: Any) -> tuple[nn.Module, Any]:
     """The model and its preprocessing, from a model object or anything `--model` takes."""
     from ..segmentation import UperNetForSemanticSegmentation, is_upernet_directory
     from ..segmentation.inference import SegmentationPreprocessing
+    from ..visualization import load_classifier_or_simmim
 
     if isinstance(source, nn.Module):
         if isinstance(source, UperNetForSemanticSegmentation):
@@ -441,34 +442,15 @@ def _load_model(source: Any, preprocessing: Any) -> tuple[nn.Module, Any]:
         if preprocessing is None and hasattr(config, "image_size_2d"):
             preprocessing = FocalNetImageProcessor.from_preset("hf", image_size=config.image_size_2d[0])
         return source, preprocessing
-    if _is_detector(source):
+    if is_detector_source(source):
         from ..detection.models import from_pretrained
 
         return from_pretrained(source), None
     if is_upernet_directory(source):
         model = UperNetForSemanticSegmentation.from_pretrained(source)
         return model, preprocessing or SegmentationPreprocessing.load(source)
-    from ..checkpoints import build_from_resolved, resolve
-    from ..modeling import class_for_weights
-
-    resolved = resolve(source, {})
-    classes = {cls.__name__: cls for cls in (FocalNetForImageClassification, FocalNetForMaskedImageModeling)}
-    model_class = class_for_weights(resolved.config, resolved.state.keys(), classes)
-    if model_class is None:
-        raise ValueError(
-            f"{source} has neither a classifier nor a masked-image-modeling decoder: a bare backbone has nothing "
-            "to serve; fine-tune it first (focalnet train)"
-        )
-    model = build_from_resolved(model_class, resolved)
+    model = load_classifier_or_simmim(source)
     return model, preprocessing or processor_for(source, model.config.image_size_2d[0])
-
-
-def _is_detector(source: Any) -> bool:
-    try:
-        from ..detection.models import is_detector_directory
-    except ImportError:
-        return False
-    return is_detector_directory(source)
 
 
 def forward_grouped(service: Service, items: Sequence[Prepared]) -> list[Any]:
