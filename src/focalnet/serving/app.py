@@ -382,7 +382,7 @@ def _params(query: PredictParameters, settings: ServeOptions) -> RequestParams:
 def _prepare(service: Service, data: bytes, params: RequestParams, settings: ServeOptions) -> Prepared:
     """Decode (allow-listed formats, pixel cap from the header) and prepare one image, off the event loop."""
     try:
-        image = decode_image(data, "the image", ACCEPTED_FORMATS, settings.max_pixels)
+        image = decode_image(data, "the upload", ACCEPTED_FORMATS, settings.max_pixels)
     except ImageTooLargeError as error:
         raise ServingError(413, "too_many_pixels", str(error)) from None
     except Warning as warning:  # Pillow's DecompressionBombWarning, made an error
