@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,22 @@ from torch import nn
 import focalnet
 
 ATOL = 1e-5
+
+
+def _compile_cache_per_instruction_set() -> None:
+    """Give each ATEN_CPU_CAPABILITY its own inductor cache (here and in the runs the tests start).
+
+    torch 2.14's FX graph cache does not key on the vector width that ATEN_CPU_CAPABILITY picks: `make
+    test-avx2` after `make test` reused C++ written for 16-float AVX-512 vectors, rebuilt it for 8-float
+    AVX2 ones, and compiled models returned NaN.
+    """
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    if capability and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        folder = Path(tempfile.gettempdir()) / f"torchinductor_{os.getuid()}_{capability}"
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+
+
+_compile_cache_per_instruction_set()
 
 # (our/HF config kwargs, timm `FocalNet` kwargs): small versions of the published block families
 TIMM_FAMILIES = {
