@@ -30,11 +30,12 @@ def free_port() -> int:
 class Server:
     """A server process; `url` once ready. Its output goes to a log file (read it on failure)."""
 
-    def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, command: list[str], log: Path, env: dict[str, str | None] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        environment = {name: value for name, value in environment.items() if value is not None}  # None: unset
         self.log = log.open("w")
         command = [part.replace("{port}", str(self.port)) for part in command]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=environment)

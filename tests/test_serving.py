@@ -459,6 +459,33 @@ def test_sigterm_drains_every_accepted_request_then_exits_0(models, tmp_path) ->
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
 
 
+def test_workers_share_the_port_the_cores_and_one_set_of_metrics(models, classifier_server, tmp_path) -> None:
+    """`--workers 2`: two processes on one port, each with half of torch's threads; whichever of them
+    answers /metrics counts both; SIGTERM stops both, exit 0, and their metrics folder is gone."""
+    folders_before = set(Path(tempfile.gettempdir()).glob("focalnet-metrics-*"))
+    command = serve_command(models["classifier"], "--workers", "2")
+    server = Server(command, tmp_path / "workers.log", env={"OMP_NUM_THREADS": None}).wait_ready()
+    images = distinct_images(24)
+    try:
+        deadline = time.monotonic() + 90
+        while metric(server.url, "focalnet_loaded_workers") < 2:  # one worker's own registry would say 1
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.1)
+        assert httpx.get(f"{server.url}/model").json()["cpu_threads"] == max(1, torch.get_num_threads() // 2)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda data: post_image(server.url, data), images))
+        scrapes = {metric(server.url, 'focalnet_requests_total{route="/predict",status="200"}') for _ in range(6)}
+    finally:
+        status = server.stop()
+    assert status == 0, server.output()
+    assert scrapes == {24.0}, scrapes
+    for data, answer in zip(images, answers, strict=True):
+        alone = post_image(classifier_server.url, data).json()
+        assert [a["label"] for a in alone] == [b["label"] for b in answer.json()]
+        assert np.allclose([a["score"] for a in alone], [b["score"] for b in answer.json()], atol=1e-5, rtol=0)
+    assert set(Path(tempfile.gettempdir()).glob("focalnet-metrics-*")) == folders_before
+
+
 def test_api_key_and_cors(models, classifier_server, tmp_path) -> None:
     origin = {"origin": "http://example.test"}
     plain = httpx.get(f"{classifier_server.url}/model", headers=origin)

@@ -173,6 +173,7 @@ def build_app(
             logger.error("focalnet serve: the model could not be loaded: %s", state.failure)
             return
         state.ready = True
+        metrics.loaded.set(1)
         logger.info("focalnet serve: %s (%s) ready", name, state.service.task)
 
     @contextlib.asynccontextmanager

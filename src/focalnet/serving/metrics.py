@@ -1,6 +1,15 @@
-"""Prometheus metrics of one server (its own registry, so several apps can share a process)."""
+"""Prometheus metrics of one server (its own registry, so several apps can share a process).
+
+With several worker processes (`focalnet serve --workers N`, or any server that sets
+PROMETHEUS_MULTIPROC_DIR, as gunicorn setups do) each process writes its values to that folder and
+every `/metrics` answer sums all of them, whichever worker answers the scrape.
+"""
 
 from __future__ import annotations
+
+import os
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _prometheus():
@@ -35,9 +44,21 @@ class ServingMetrics:
         self.batch_seconds = prometheus.Histogram(
             "focalnet_batch_duration_seconds", "Time the model took per batch", registry=registry
         )
-        self.queue_depth = prometheus.Gauge("focalnet_queue_depth", "Images waiting for the model", registry=registry)
+        # gauges of live processes add up across workers (ignored with one process)
+        self.queue_depth = prometheus.Gauge(
+            "focalnet_queue_depth", "Images waiting for the model", registry=registry, multiprocess_mode="livesum"
+        )
         self.in_flight = prometheus.Gauge(
-            "focalnet_requests_in_flight", "Requests to /predict and /visualize being answered", registry=registry
+            "focalnet_requests_in_flight",
+            "Requests to /predict and /visualize being answered",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.loaded = prometheus.Gauge(
+            "focalnet_loaded_workers",
+            "Server processes with the model loaded and warmed",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.images = prometheus.Counter("focalnet_images", "Images answered", registry=registry)
         self.errors = prometheus.Counter("focalnet_errors", "Error answers by kind", ["kind"], registry=registry)
@@ -49,4 +70,10 @@ class ServingMetrics:
     def exposition(self) -> tuple[bytes, str]:
         """The text format and its content type."""
         prometheus = _prometheus()
-        return prometheus.generate_latest(self.registry), prometheus.CONTENT_TYPE_LATEST
+        registry = self.registry
+        if os.environ.get(MULTIPROCESS_DIR):
+            from prometheus_client import multiprocess
+
+            registry = prometheus.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return prometheus.generate_latest(registry), prometheus.CONTENT_TYPE_LATEST

@@ -100,6 +100,7 @@ class ModelInfo(BaseModel):
     preprocessing: dict[str, Any] | None
     dtype: str
     device: str
+    cpu_threads: int
     library_version: str
     settings: dict[str, Any]
 

@@ -119,6 +119,7 @@ class Service:
             "num_labels": len(self.labels),
             "dtype": self.options.dtype,
             "device": str(self.device),
+            "cpu_threads": torch.get_num_threads(),
             "library_version": __version__,
         }
 
