@@ -265,6 +265,58 @@ def test_every_task_trains_from_hf_parquet_and_shards_as_from_folders(
     assert (tmp_path / "shards" / "model").is_dir()
 
 
+def same_report(report: object, reference: object, where: str = "") -> None:
+    """Equal evaluation.json contents: counts exactly, floats to 1e-9 (sums taken in another order)."""
+    if isinstance(reference, dict):
+        assert report.keys() == reference.keys(), where
+        for key in reference:
+            same_report(report[key], reference[key], f"{where}.{key}")
+    elif isinstance(reference, list):
+        assert len(report) == len(reference), where
+        for index, (item, expected) in enumerate(zip(report, reference, strict=True)):
+            same_report(item, expected, f"{where}[{index}]")
+    elif isinstance(reference, float):
+        assert report == pytest.approx(reference, rel=1e-9, abs=1e-12, nan_ok=True), where
+    else:
+        assert report == reference, where
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize(
+    ("task", "nonzero"),
+    [("classification", "acc5"), ("instance-segmentation", "bbox_map"), ("semantic-segmentation", "miou")],
+)
+def test_evaluate_reads_hf_parquet_and_shards_as_folders(
+    task: str, nonzero: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """`focalnet evaluate` on the validation images as a folder, save_to_disk, parquet and shards: the same
+    evaluation.json and detections (each image is predicted alone: neither order nor source changes a number)."""
+    root: Path = request.getfixturevalue(SOURCES[task])
+    detector = "detector_kwargs" in RUNS[task][1]
+    keep_every_box = {"detector_kwargs": SMALL_DETECTOR["detector_kwargs"] | {"box_score_thresh": 0.0}}
+    run(task, str(root / "folder"), tmp_path / "run", **(keep_every_box if detector else {}))
+    info = json.loads((root / "shards" / "_info.json").read_text())
+    last = len(info["splits"]["val"]["filenames"]) - 1
+    locations = {
+        "folder": str(root / "folder"),
+        "disk": str(root / "disk"),
+        "parquet": str(root / "parquet"),
+        "shards": f"wds:{root}/shards/val-{{000000..{last:06d}}}.tar",
+    }
+    reports = {}
+    for name, data in locations.items():
+        output = tmp_path / name
+        model = str(tmp_path / "run" / "model")
+        assert main(["evaluate", "--model", model, "--task", task, "--data", data, "--output-dir", str(output)]) == 0
+        reports[name] = json.loads((output / "evaluation.json").read_text())
+        if detector:  # category ids differ between the sources; images and boxes do not
+            found = json.loads((output / "predictions.json").read_text())
+            reports[name]["boxes"] = sorted([r["image_id"], r["score"], *r["bbox"]] for r in found)
+    assert reports["folder"][nonzero] > 0  # not a comparison of zeros
+    for name in ("disk", "parquet", "shards"):
+        same_report(reports[name], reports["folder"], name)
+
+
 def test_make_shards_writes_every_split_and_its_info(digit_sources: Path, tmp_path: Path, capsys) -> None:
     info = json.loads((digit_sources / "shards" / "_info.json").read_text())
     assert info["task"] == "classification" and info["classes"] == [f"digit{d}" for d in range(10)]

@@ -349,6 +349,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result, class_names = evaluate_checkpoint(
         args.model,
+        source=engine_source(args, "classification"),
         data=args.data,
         list_file=args.list,
         split=args.split,
@@ -376,18 +377,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def engine_source(args: argparse.Namespace, task: str, class_names: list[str] | None = None) -> Any:
+    """`--data` as a Hugging Face dataset or shards, read as training reads its validation data (`--split`
+    picks a dataset's split); None for the folders, lists and layouts that evaluate reads itself."""
+    from .training import hf, load_config, sources, streaming
+
+    if not args.data or args.data == "digits":
+        return None
+    overrides = {"task": task, "data": args.data, "val_data": args.data, "streaming": args.streaming}
+    overrides.update({name: getattr(args, name) for name in DATASET_OPTIONS if getattr(args, name) is not None})
+    if args.split != "val":
+        overrides["val_split"] = args.split
+    config = load_config(overrides=overrides)
+    if not (hf.recognises(args.data) or streaming.is_streamed(config, args.data)):
+        return None
+    return sources.evaluation_source(config, class_names)
+
+
 def evaluate_segmentation(args: argparse.Namespace) -> int:
     """Whole-set mIoU, pixel and mean accuracy, per-class IoU and accuracy of a saved UperNet."""
+    from .segmentation import UperNetConfig
+    from .segmentation.data import find_split
     from .segmentation.metrics import format_class_table
     from .training.segmentation import evaluate_segmenter
 
     if not args.data:
-        raise ValueError("semantic segmentation evaluation needs --data (an ADE20K-layout directory)")
-    split = {"val": "validation", "train": "training"}.get(args.split, args.split)
+        raise ValueError(
+            "semantic segmentation evaluation needs --data: an ADE20K layout, a Hugging Face dataset or shards"
+        )
+    labels = UperNetConfig.from_pretrained(args.model).id2label
+    labelled = engine_source(args, "semantic-segmentation", [labels[i] for i in sorted(labels)])
+    if labelled is None:
+        labelled = find_split(args.data, {"val": "validation", "train": "training"}.get(args.split, args.split))
     report, names = evaluate_segmenter(
         args.model,
-        args.data,
-        split,
+        labelled,
         args.batch_size,
         args.device,
         args.amp,
@@ -413,21 +437,30 @@ def evaluate_segmentation(args: argparse.Namespace) -> int:
 
 def evaluate_detections(args: argparse.Namespace, task: str) -> int:
     """COCO mAP of a saved detector (pycocotools' COCOeval): evaluation.json, predictions.json, a table."""
-    from .detection.data import find_split
+    from .detection.data import find_split, read_annotations, report_missing
     from .detection.evaluation import format_per_class_table
     from .training.detection import evaluate_detector
+
+    def read_files(annotations: str, images: str) -> Any:
+        coco = read_annotations(annotations, images)
+        report_missing(coco)
+        return coco
 
     if args.annotations or args.images:
         if not (args.annotations and args.images):
             raise ValueError("give both --annotations and --images, or --data")
-        annotations, images = args.annotations, args.images
+        annotated = read_files(args.annotations, args.images)
     elif args.data:
-        annotations, images = find_split(args.data, args.split)
+        annotated = engine_source(args, task)
+        annotated = read_files(*find_split(args.data, args.split)) if annotated is None else annotated
     else:
-        raise ValueError("detection evaluation needs --data (COCO layout) or --annotations with --images")
+        raise ValueError(
+            "detection evaluation needs --data (a COCO layout, a Hugging Face dataset or shards) or --annotations "
+            "with --images"
+        )
     iou_types = ("bbox", "segm") if task == "instance-segmentation" else ("bbox",)
     evaluation, results, skipped = evaluate_detector(
-        args.model, annotations, images, iou_types, args.batch_size, args.device, args.amp, args.workers, progress
+        args.model, annotated, iou_types, args.batch_size, args.device, args.amp, args.workers, progress
     )
     output_dir = Path(args.output_dir)
     with atomic_write(output_dir / "predictions.json") as handle:
@@ -547,14 +580,20 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=positive_int, help="segmentation: tile step (default 2/3 of --window)")
 
 
-SHARD_OPTIONS = ("val_list", "data_revision", "train_split", "val_split", "image_column", "label_column")
+DATASET_OPTIONS = ("data_revision", "image_column", "label_column")
+SHARD_OPTIONS = ("val_list", "train_split", "val_split", *DATASET_OPTIONS)
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """How a Hugging Face dataset is read (`train` and `make-shards`); each is also a config key."""
-    parser.add_argument("--data-revision", help="Hugging Face hub: the dataset's revision, e.g. refs/convert/parquet")
     parser.add_argument("--train-split", help="Hugging Face datasets: the split to train on (default train)")
     parser.add_argument("--val-split", help="Hugging Face datasets: validation split (default validation or val)")
+    add_column_arguments(parser)
+
+
+def add_column_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a Hugging Face dataset's rows come from and which columns to read (`train`, `make-shards`, `evaluate`)."""
+    parser.add_argument("--data-revision", help="Hugging Face hub: the dataset's revision, e.g. refs/convert/parquet")
     parser.add_argument("--image-column", help="Hugging Face datasets: image column (default image); shards: key")
     parser.add_argument("--label-column", help="Hugging Face datasets: label (or label-map) column")
 
@@ -682,11 +721,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--task", choices=["classification", "detection", "instance-segmentation", "semantic-segmentation"]
     )
     add_window_arguments(evaluate)
-    evaluate.add_argument("--data", help="'digits', a class-folder, COCO-layout or ADE20K-layout directory")
+    evaluate.add_argument(
+        "--data",
+        help="'digits', a class-folder, COCO-layout or ADE20K-layout directory, a save_to_disk dataset or parquet "
+        "files, hf:ID[:CONFIG] (Hugging Face hub) or wds:PATTERN (shards)",
+    )
     evaluate.add_argument("--annotations", help="detection: COCO instances JSON (with --images)")
     evaluate.add_argument("--images", help="detection: the image directory of --annotations")
     evaluate.add_argument("--list", help="CSV/JSON list of (path, label)")
-    evaluate.add_argument("--split", default="val", help="sub-directory (or digits split) to use (default val)")
+    evaluate.add_argument(
+        "--split",
+        "--val-split",
+        dest="split",
+        default="val",
+        help="sub-directory, digits split or Hugging Face split (default val: a dataset's validation or val split, "
+        "or its only one)",
+    )
+    add_column_arguments(evaluate)
+    evaluate.add_argument("--streaming", action="store_true", help="stream the Hugging Face dataset")
     evaluate.add_argument("--batch-size", type=positive_int, default=64)
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")

@@ -13,7 +13,7 @@ import csv
 import json
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -445,6 +445,17 @@ def evaluation_loader(
         return sample_loader(dataset.for_evaluation(rank, world), None, batch_size, workers, pin_memory, collate_fn)
     sampler = ShardedSampler(len(dataset), 1, rank, world, shuffle=False)
     return sample_loader(dataset, sampler, batch_size, workers, pin_memory, collate_fn)
+
+
+def with_progress(loader: DataLoader, progress: Callable | None) -> Iterable:
+    """`loader` through `progress(items, description, total)` when given; a stream's length may be unknown."""
+    if progress is None:
+        return loader
+    try:
+        total = len(loader)
+    except TypeError:
+        total = None
+    return progress(loader, "evaluating", total)
 
 
 def first_samples(dataset: Dataset, count: int) -> list[Any]:

@@ -23,7 +23,7 @@ from ..detection import data
 from ..detection.evaluation import STAT_NAMES, CocoEvaluation, coco_evaluate, load_ground_truth, to_coco_results
 from ..detection.models import build_detector, detector_config, from_pretrained, save_pretrained
 from .config import TrainConfig
-from .data import evaluation_loader, seeded
+from .data import evaluation_loader, seeded, with_progress
 from .distributed import Processes
 from .evaluation import autocast
 from .models import model_overrides
@@ -245,26 +245,37 @@ class InstanceSegmentationTask(DetectionTask):
 
 
 # ------------------------------------------------------------------------------------------------
+def data_categories(
+    trained: list[dict[str, Any]], found: list[dict[str, Any]], model: str, where: str | os.PathLike
+) -> list[int]:
+    """The data's category id of each of the model's labels (0 for the background), matched by name:
+    the same data as a COCO file and as a Hugging Face dataset numbers its categories differently."""
+    ids = {str(category["name"]): int(category["id"]) for category in found}
+    names = [str(category["name"]) for category in trained]
+    if sorted(names) != sorted(ids):
+        raise ValueError(f"{model} was trained on the categories {names}; {where} has {list(ids)}")
+    return [0] + [ids[name] for name in names]
+
+
 def evaluate_detector(
     source: str | os.PathLike,
-    annotations: str | os.PathLike,
-    images: str | os.PathLike,
+    annotations: data.CocoAnnotations | Stream,
     iou_types: tuple[str, ...] = ("bbox",),
     batch_size: int = 8,
     device: str = "cpu",
     amp: str = "none",
     workers: int = 0,
-    progress: Callable[[Iterable, str, int], Iterable] | None = None,
+    progress: Callable[[Iterable, str, int | None], Iterable] | None = None,
 ) -> tuple[CocoEvaluation, list[dict], int]:
-    """`focalnet evaluate` for a saved detector: (COCOeval's numbers, the COCO results, unreadable images)."""
+    """`focalnet evaluate` for a saved detector on annotated images (a COCO layout's, or a Hugging Face
+    dataset's or shards' as the engine reads them): (COCOeval's numbers, the COCO results, unreadable images)."""
     model = from_pretrained(source, device=device)
-    coco = data.read_annotations(annotations, images)
-    if [c["id"] for c in coco.categories] != detector_config(model).label_to_category[1:]:
-        raise ValueError(f"{source} was trained on other categories than those of {annotations}")
-    data.report_missing(coco)
-    dataset = data.CocoDetection(coco, data.eval_transform())
+    where = annotations.path if isinstance(annotations, data.CocoAnnotations) else annotations.name
+    label_to_category = data_categories(detector_config(model).categories, annotations.categories, f"{source}", where)
+    dataset = samples(annotations, functools.partial(data.CocoDetection, transform=data.eval_transform()))
     loader = evaluation_loader(dataset, batch_size, workers, collate_fn=data.collate_detection)
-    batches = progress(loader, "evaluating", len(loader)) if progress is not None else loader
-    torch_device = torch.device(device)
-    results, skipped = predict_coco(model, batches, coco.label_to_category, iou_types, torch_device, amp)
-    return coco_evaluate(load_ground_truth(annotations), results, iou_types), results, skipped
+    results, skipped = predict_coco(
+        model, with_progress(loader, progress), label_to_category, iou_types, torch.device(device), amp
+    )
+    ground_truth = load_ground_truth(validation_instances(annotations))
+    return coco_evaluate(ground_truth, results, iou_types), results, skipped

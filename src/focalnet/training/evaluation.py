@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,29 +119,39 @@ def evaluate_checkpoint(
     amp: str = "none",
     workers: int = 0,
     progress: Callable | None = None,
+    source: Any = None,
 ) -> tuple[Evaluation, list[str]]:
     """Evaluate any classification checkpoint on a folder (`data`, or `data/<split>`), a list
-    file, or "digits"; returns the evaluation and the class names in the data's order."""
-    from pathlib import Path
-
+    file, "digits", or a labelled `source` of `focalnet.training.sources` (a Hugging Face dataset,
+    shards); returns the evaluation and the model's label names, in its order."""
     from ..modeling import FocalNetForImageClassification
     from ..predict import processor_for
-    from .data import ImageDataset, digits, evaluation_loader, image_folder, image_list
+    from .data import ImageDataset, evaluation_loader, with_progress
+    from .streaming import samples
 
-    if list_file is not None:
-        source = image_list(list_file)
-    elif data == "digits":
-        source = digits(split)
-    elif data is not None:
-        root = Path(data)
-        source = image_folder(root / split if (root / split).is_dir() else root)
-    else:
-        raise ValueError("give the data to evaluate on: a folder, 'digits', or a list file")
+    if source is None:
+        source = _local_images(data, list_file, split)
     model = FocalNetForImageClassification.from_pretrained(model_source).to(device).eval()
     processor = processor_for(model_source, model.config.image_size_2d[0])
     mapping = label_mapping(source.classes, model.config.id2label)
-    loader = evaluation_loader(ImageDataset(source, processor.transform), batch_size, workers)
-    batches = progress(loader, "evaluating", total=len(loader)) if progress is not None else loader
+    dataset = samples(source, functools.partial(ImageDataset, transform=processor.transform))
+    batches = with_progress(evaluation_loader(dataset, batch_size, workers), progress)
     processes = Processes(0, 1, torch.device(device))
     result = evaluate(model, batches, model.config.num_labels, processes, amp, label_map=mapping)
     return result, [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+
+def _local_images(data: str | None, list_file: str | None, split: str) -> Any:
+    """Labelled images from a list file, the digits' `split`, or a class folder (its `split` sub-folder if any)."""
+    from pathlib import Path
+
+    from .data import digits, image_folder, image_list
+
+    if list_file is not None:
+        return image_list(list_file)
+    if data == "digits":
+        return digits(split)
+    if data is not None:
+        root = Path(data)
+        return image_folder(root / split if (root / split).is_dir() else root)
+    raise ValueError("give the data to evaluate on: a folder, 'digits', a list file, a Hugging Face dataset or shards")

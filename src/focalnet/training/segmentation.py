@@ -12,7 +12,7 @@ import functools
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from ..segmentation.inference import SegmentationPreprocessing, predict_logits
 from ..segmentation.metrics import SegmentationMetrics
 from ..segmentation.modeling import UperNetForSemanticSegmentation, is_upernet_directory
 from .config import TrainConfig
-from .data import evaluation_loader
+from .data import evaluation_loader, with_progress
 from .distributed import Processes
 from .evaluation import autocast
 from .models import model_overrides
@@ -42,6 +42,19 @@ def preprocessing(config: TrainConfig) -> SegmentationPreprocessing:
     return SegmentationPreprocessing(tuple(config.mean), tuple(config.std), scale, config.reduce_labels)
 
 
+class SegmentationTotals(NamedTuple):
+    """What validation sums over images (and over processes, field by field)."""
+
+    metrics: SegmentationMetrics
+    loss_sum: float
+    """Summed cross-entropy of the labelled pixels."""
+    pixels: float
+    """Labelled (not ignored) pixels."""
+    images: int
+    skipped: int
+    """Unreadable images, and images without a usable label map."""
+
+
 def evaluate_segmentation(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -50,13 +63,13 @@ def evaluate_segmentation(
     amp: str = "none",
     window: int | None = None,
     stride: int | None = None,
-) -> tuple[SegmentationMetrics, float, float, int]:
-    """Whole-set sums on this process: (metrics, summed cross-entropy, labelled pixels, unreadable images).
+) -> SegmentationTotals:
+    """Whole-set sums on this process.
 
     Each image goes through the model alone (whole, or in `window` tiles) and its logits are resized
     to its label map, so results depend neither on the batch size nor on the number of processes."""
     metrics = SegmentationMetrics(num_labels, data.IGNORE_INDEX)
-    loss_sum, pixels, skipped = 0.0, 0.0, 0
+    loss_sum, pixels, evaluated, skipped = 0.0, 0.0, 0, 0
     was_training = model.training
     model.eval()
     for images, labels, dropped in batches:
@@ -68,15 +81,16 @@ def evaluate_segmentation(
             loss_sum += F.cross_entropy(logits, target, ignore_index=data.IGNORE_INDEX, reduction="sum").item()
             pixels += (target != data.IGNORE_INDEX).sum().item()
             metrics.update(logits.argmax(dim=1), target)
+            evaluated += 1
     model.train(was_training)
-    return metrics, loss_sum, pixels, skipped
+    return SegmentationTotals(metrics, loss_sum, pixels, evaluated, skipped)
 
 
-def segmentation_row(metrics: SegmentationMetrics, loss_sum: float, pixels: float) -> dict[str, float]:
+def segmentation_row(totals: SegmentationTotals) -> dict[str, float]:
     """The validation columns of metrics.jsonl."""
-    result = metrics.compute()
+    result = totals.metrics.compute()
     return {
-        "val_loss": loss_sum / max(pixels, 1.0),
+        "val_loss": totals.loss_sum / max(totals.pixels, 1.0),
         "val_miou": result["miou"],
         "val_pixel_accuracy": result["pixel_accuracy"],
         "val_mean_accuracy": result["mean_accuracy"],
@@ -172,12 +186,13 @@ class SemanticSegmentationTask(Task):
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
         """Whole-set mIoU: intersections, unions and areas summed over every process's images."""
         processes = self.processes
-        metrics, loss_sum, pixels, skipped = evaluate_segmentation(
-            model, batches, self.num_labels, processes.device, self.config.amp
+        totals = evaluate_segmentation(model, batches, self.num_labels, processes.device, self.config.amp)
+        totals.metrics.totals = processes.sum_tensor(totals.metrics.totals)
+        loss_sum, pixels, images, skipped = processes.sum(
+            [totals.loss_sum, totals.pixels, totals.images, totals.skipped]
         )
-        metrics.totals = processes.sum_tensor(metrics.totals)
-        loss_sum, pixels, skipped = processes.sum([loss_sum, pixels, skipped])
-        return {**segmentation_row(metrics, loss_sum, pixels), "skipped": int(skipped)}
+        totals = SegmentationTotals(totals.metrics, loss_sum, pixels, int(images), int(skipped))
+        return {**segmentation_row(totals), "skipped": totals.skipped}
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -197,36 +212,37 @@ class SemanticSegmentationTask(Task):
 # ------------------------------------------------------------------------------------------------
 def evaluate_segmenter(
     source: str | os.PathLike,
-    root: str | os.PathLike,
-    split: str = "val",
+    labelled: Any,
     batch_size: int = 8,
     device: str = "cpu",
     amp: str = "none",
     workers: int = 0,
     window: int | None = None,
     stride: int | None = None,
-    progress: Callable[[Iterable, str, int], Iterable] | None = None,
+    progress: Callable[[Iterable, str, int | None], Iterable] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """`focalnet evaluate` for a saved UperNet on an ADE20K-layout split: (metrics with per-class IoU and
-    accuracy, and the class names)."""
+    """`focalnet evaluate` for a saved UperNet on `labelled` images (an ADE20K-layout split, or a Hugging
+    Face dataset's or shards' pairs as the engine reads them): (metrics with per-class IoU and accuracy,
+    and the class names)."""
     model = UperNetForSemanticSegmentation.from_pretrained(source).to(device)
     processing = SegmentationPreprocessing.load(source)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    split_files = data.find_split(root, split)
-    dataset = data.SegmentationDataset(
-        split_files, len(names), data.eval_transform(processing), processing.do_reduce_labels
+    make = functools.partial(
+        data.SegmentationDataset,
+        num_labels=len(names),
+        transform=data.eval_transform(processing),
+        reduce_labels=processing.do_reduce_labels,
     )
-    loader = evaluation_loader(dataset, batch_size, workers, collate_fn=data.collate_segmentation)
-    batches = progress(loader, "evaluating", len(loader)) if progress is not None else loader
-    metrics, loss_sum, pixels, skipped = evaluate_segmentation(
-        model, batches, len(names), torch.device(device), amp, window, stride
+    loader = evaluation_loader(samples(labelled, make), batch_size, workers, collate_fn=data.collate_segmentation)
+    totals = evaluate_segmentation(
+        model, with_progress(loader, progress), len(names), torch.device(device), amp, window, stride
     )
-    per_class = metrics.compute()
+    per_class = totals.metrics.compute()
     report = {
-        **{key.removeprefix("val_"): value for key, value in segmentation_row(metrics, loss_sum, pixels).items()},
+        **{key.removeprefix("val_"): value for key, value in segmentation_row(totals).items()},
         "per_class_iou": dict(zip(names, per_class["per_class_iou"], strict=True)),
         "per_class_accuracy": dict(zip(names, per_class["per_class_accuracy"], strict=True)),
-        "images": len(dataset) - skipped,
-        "skipped_images": skipped,
+        "images": totals.images,
+        "skipped_images": totals.skipped,
     }
     return report, names

@@ -17,6 +17,18 @@ from .config import TrainConfig
 from .data import load_source, unlabelled_source
 
 
+def evaluation_source(config: TrainConfig, class_names: list[str] | None = None) -> Any:
+    """The validation data of `config`'s task alone, read as training reads it (`focalnet evaluate` on a
+    Hugging Face dataset or shards); a segmentation source takes the model's `class_names`."""
+    if config.task == "classification":
+        return _labelled(config, "val")
+    if config.task in ("detection", "instance-segmentation"):
+        return _detection(config, "val")
+    if config.task == "semantic-segmentation":
+        return _segmentation(config, "val", class_names)[0]
+    raise ValueError(f"focalnet evaluate scores classifiers, detectors and segmenters, not {config.task!r}")
+
+
 def location(config: TrainConfig, split: str) -> str | None:
     """The data of `split`: `val_data` for validation where given, else `data`."""
     return config.val_data if split == "val" and config.val_data else config.data
