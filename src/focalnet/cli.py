@@ -382,16 +382,13 @@ def engine_source(args: argparse.Namespace, task: str, class_names: list[str] | 
     picks a dataset's split); None for the folders, lists and layouts that evaluate reads itself."""
     from .training import hf, load_config, sources, streaming
 
-    if not args.data or args.data == "digits":
+    if not (hf.recognises(args.data) or (args.data or "").startswith(streaming.PREFIX)):
         return None
     overrides = {"task": task, "data": args.data, "val_data": args.data, "streaming": args.streaming}
     overrides.update({name: getattr(args, name) for name in DATASET_OPTIONS if getattr(args, name) is not None})
     if args.split != "val":
         overrides["val_split"] = args.split
-    config = load_config(overrides=overrides)
-    if not (hf.recognises(args.data) or streaming.is_streamed(config, args.data)):
-        return None
-    return sources.evaluation_source(config, class_names)
+    return sources.evaluation_source(load_config(overrides=overrides), class_names)
 
 
 def evaluate_segmentation(args: argparse.Namespace) -> int:
